@@ -1,0 +1,43 @@
+"""Hydra/OmegaConf glue shared by the entry points: resolvers and config conversion helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _abspath(path: str) -> str:
+    return str(Path(os.path.expanduser(str(path))).resolve())
+
+
+def register_resolvers() -> None:
+    """``${fstag.abspath:<path>}`` makes a path absolute against the current working directory."""
+    if not OmegaConf.has_resolver("fstag.abspath"):
+        OmegaConf.register_new_resolver("fstag.abspath", _abspath)
+
+
+register_resolvers()
+
+
+def to_plain(cfg: Any) -> Any:
+    """Resolved plain containers (dict/list/str/...) from an OmegaConf node; other values unchanged."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def flatten(d: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists are kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key, sep))
+        else:
+            out[key] = v
+    return out

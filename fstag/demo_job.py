@@ -1,0 +1,52 @@
+"""The README's main job on the demo data: preprocess -> a small sweep -> retrain_val -> predict -> blend.
+
+    python -m fstag.demo_job [--folds 0,1] [--set key=value ...]
+
+Each step is the real entry point run as users run it; ``--set`` overrides go to every step (for example
+``--set data.demo.n_train=120``), ``--train-set`` only to the training steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(step: str, args: list[str]) -> None:
+    cmd = [sys.executable, str(REPO / step), *args]
+    print(f"\n=== {step} {' '.join(args)}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=os.getcwd())
+    print(f"=== {step} done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", default="0,1", help="validation folds of the sweep (default 0,1)")
+    ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--train-set", dest="train", action="append", default=[], metavar="KEY=VALUE")
+    a = ap.parse_args(argv)
+    folds = [f.strip() for f in a.folds.split(",") if f.strip()]
+    common = ["data=demo", *a.common]
+    train = ["-m", "experiment=demo", f"fold={','.join(folds)}", *common, *a.train]
+    t0 = time.perf_counter()
+    _run("preprocess.py", common)
+    _run("train.py", train)
+    _run("train.py", [*train, "stage=retrain_val"])
+    _run("predict.py", [*common, f"runs=[cnn_small/none/fold_{folds[0]},cnn_small/none/fold_{folds[0]}_r]"])
+    members = ",".join(f"cnn_small/none/fold_{k}{s}" for k in folds for s in ("", "_r"))
+    _run("blend.py", [*common, "blend=demo", f"blend.members=[{members}]"])
+    root = Path(os.environ.get("FSTAG_ROOT", ".")).resolve()
+    uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    print(f"\nDemo job finished in {time.perf_counter() - t0:.0f} s.")
+    print(f"Browse the runs:  mlflow ui --backend-store-uri {uri} --port 5000")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""MLflow plumbing: one place that knows the tracking URI, the store and the experiment."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_FILE = "mlflow_parent_run_id"
+MAX_PARAM_LEN = 6000
+
+
+def artifact_uri(location: str) -> str:
+    """A local folder as a ``file://`` URI; URIs with a scheme pass through."""
+    if "://" in str(location):
+        return str(location)
+    return Path(location).resolve().as_uri()
+
+
+def ensure_experiment(tracking_uri: str, experiment: str, artifact_location: str | None = None) -> str:
+    """Create the store (schema) and the experiment if missing; return the experiment id.
+
+    Call once, before parallel jobs start: concurrent schema creation on a new SQLite file can corrupt it.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(
+            experiment, artifact_location=artifact_uri(artifact_location) if artifact_location else None
+        )
+    except Exception:  # created meanwhile by another process
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def log_params_flat(client, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log flattened params in batches (MLflow caps the value length and batch size)."""
+    from mlflow.entities import Param
+
+    items = [Param(str(k), str(v)[:MAX_PARAM_LEN]) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def read_parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
+    """The parent run of a multirun, written by :class:`fstag.callbacks.MlflowSweepCallback`."""
+    if not sweep_dir:
+        return None
+    p = Path(sweep_dir) / PARENT_RUN_FILE
+    return p.read_text().strip() if p.is_file() else None
