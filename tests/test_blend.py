@@ -1,0 +1,386 @@
+"""blend.py and its modules on synthetic run directories built exactly as fstag/run_dir.py describes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fstag.blend_job import parse_blend, run_blend
+from fstag.blending import BlendError, align, combine, fit_weights, shared_oof
+from fstag.calibration import (
+    apply_temperature,
+    class_shares,
+    expected_test_shares,
+    fit_temperature,
+    prior_correction,
+)
+from fstag.config import CONFIG_DIR
+from fstag.members import RUN_DIR_TAG, MemberError, resolve_member, resolve_members
+from fstag.metrics import map_at_3
+from fstag.run_dir import OOF_NPZ, RUN_JSON, TEST_NPZ, Predictions, job_relpath
+from fstag.submission import score_submission, validate_submission
+
+REPO = Path(__file__).resolve().parent.parent
+LABELS = ["Bark", "Cello", "Flute", "Gong", "Oboe"]
+EXP = "demo"
+
+
+# --- synthetic data ---------------------------------------------------------------------------------
+def softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def noisy_probs(targets, signal, rng, n_classes=len(LABELS), scale=1.0):
+    """Probabilities that favour the true class by ``signal`` (0 = pure noise)."""
+    logits = rng.normal(size=(len(targets), n_classes)) * scale
+    logits[np.arange(len(targets)), targets] += signal
+    return softmax(logits)
+
+
+def make_dataset(root: Path, n_train=60, n_test=16):
+    """data/demo in the Kaggle layout (no audio): train.csv, sample_submission.csv, test labels with usage."""
+    data = root / "data" / "demo"
+    data.mkdir(parents=True)
+    train_y = np.arange(n_train) % len(LABELS)
+    train_y[:6] = 0  # uneven class shares for the prior correction
+    train = pd.DataFrame(
+        {
+            "fname": [f"tr{i:03d}.wav" for i in range(n_train)],
+            "label": [LABELS[k] for k in train_y],
+            "manually_verified": [i % 2 for i in range(n_train)],
+        }
+    )
+    train.to_csv(data / "train.csv", index=False)
+    test_fnames = [f"te{i:03d}.wav" for i in range(n_test)]
+    test_y = (np.arange(n_test) * 3) % len(LABELS)
+    sample = pd.DataFrame({"fname": test_fnames, "label": "Bark Cello Flute"})
+    sample.to_csv(data / "sample_submission.csv", index=False)
+    usage = ["Public" if i % 2 == 0 else "Private" for i in range(n_test)]
+    usage[-2:] = ["Ignored", "Ignored"]
+    labels_col = [LABELS[k] for k in test_y]
+    labels_col[-1] = "None"  # padding clips carry no real label
+    pd.DataFrame({"fname": test_fnames, "label": labels_col, "usage": usage}).to_csv(
+        data / "test_post_competition.csv", index=False
+    )
+    return train, train_y, test_fnames, test_y
+
+
+def make_run(
+    root: Path,
+    arch: str,
+    aug: str,
+    fold: int,
+    stage: str,
+    oof: Predictions,
+    test: Predictions,
+    labels=LABELS,
+    feature_key="logmel64-0123abcd",
+    complete=True,
+) -> Path:
+    """A finished training job directory as train.py writes it (run.json, oof.npz, test.npz)."""
+    path = root / "multirun" / EXP / job_relpath(arch, aug, fold, stage)
+    path.mkdir(parents=True)
+    info = {
+        "arch": arch,
+        "aug": aug,
+        "fold": fold,
+        "stage": stage,
+        "name": path.name,
+        "labels": list(labels),
+        "feature_key": feature_key,
+        "features": {"name": "logmel64"},
+        "data_name": EXP,
+        "mlflow_run_id": None,
+        "mlflow_tracking_uri": None,
+        "best_val_acc1": 0.5,
+        "complete": complete,
+        "oof_source": str(path.parent / f"fold_{fold}"),
+    }
+    (path / RUN_JSON).write_text(json.dumps(info))
+    np.savez(
+        path / OOF_NPZ,
+        fnames=np.array(oof.fnames),
+        probs=oof.probs.astype(np.float32),
+        targets=oof.targets.astype(np.int64),
+    )
+    np.savez(path / TEST_NPZ, fnames=np.array(test.fnames), probs=test.probs.astype(np.float32))
+    return path
+
+
+@pytest.fixture
+def world(tmp_path):
+    """A dataset and six runs: two archs x fold 1 (+ retrain), and cnn_small fold 0 (+ retrain)."""
+    rng = np.random.default_rng(7)
+    train, train_y, test_fnames, test_y = make_dataset(tmp_path)
+    folds = {k: np.flatnonzero(np.arange(len(train)) % 2 == k) for k in (0, 1)}
+    runs = {}
+    for arch, aug, signal in (("cnn_small", "none", 2.0), ("resnet50", "specmask_concat", 1.0)):
+        for fold in (0, 1) if arch == "cnn_small" else (1,):
+            rows = folds[fold]
+            # a retrain_val run carries its parent's OOF; its test predictions are its own
+            y = train_y[rows]
+            oof = Predictions([train["fname"][i] for i in rows], noisy_probs(y, signal, rng), y)
+            for stage in ("train", "retrain_val"):
+                test = Predictions(test_fnames[::-1], noisy_probs(test_y[::-1], signal / 2, rng))
+                path = make_run(tmp_path, arch, aug, fold, stage, oof, test)
+                runs[path.relative_to(tmp_path / "multirun" / EXP).as_posix()] = path
+    return tmp_path, runs
+
+
+FOLD1 = [
+    "cnn_small/none/fold_1",
+    "cnn_small/none/fold_1_r",
+    "resnet50/specmask_concat/fold_1",
+    "resnet50/specmask_concat/fold_1_r",
+]
+
+
+# --- blend maths ------------------------------------------------------------------------------------
+def test_geometric_and_arithmetic_mean_by_hand():
+    p1 = np.array([[0.5, 0.3, 0.2]])
+    p2 = np.array([[0.2, 0.5, 0.3]])
+    g = np.array([np.sqrt(0.5 * 0.2), np.sqrt(0.3 * 0.5), np.sqrt(0.2 * 0.3)])
+    np.testing.assert_allclose(combine(np.stack([p1, p2])), [g / g.sum()], rtol=1e-12)
+    gw = np.array([0.5**0.75 * 0.2**0.25, 0.3**0.75 * 0.5**0.25, 0.2**0.75 * 0.3**0.25])
+    np.testing.assert_allclose(combine(np.stack([p1, p2]), [3, 1]), [gw / gw.sum()], rtol=1e-12)
+    np.testing.assert_allclose(combine(np.stack([p1, p2]), [1, 1], "mean"), [[0.35, 0.4, 0.25]], rtol=1e-12)
+    with pytest.raises(BlendError, match="unknown blend method"):
+        combine(np.stack([p1, p2]), None, "median")
+
+
+def test_align_orders_rows_and_names_missing_fnames():
+    preds = Predictions(["b.wav", "a.wav"], np.array([[0.1, 0.9], [0.8, 0.2]]))
+    np.testing.assert_array_equal(align(preds, ["a.wav", "b.wav"], "x"), [[0.8, 0.2], [0.1, 0.9]])
+    with pytest.raises(BlendError, match=r"member m test.npz: no prediction for 1 of 2 .*'c.wav'"):
+        align(preds, ["a.wav", "c.wav"], "member m test.npz")
+
+
+def test_prior_correction_by_hand():
+    probs = np.array([[0.6, 0.3, 0.1]])
+    t = np.array([0.5, 0.3, 0.2])
+    q = np.full(3, 1 / 3)
+    # p' = q p / (q p + t (1 - p)) per class
+    raw = np.array(
+        [(0.6 / 3) / (0.6 / 3 + 0.5 * 0.4), (0.3 / 3) / (0.3 / 3 + 0.3 * 0.7), (0.1 / 3) / (0.1 / 3 + 0.2 * 0.9)]
+    )
+    np.testing.assert_allclose(raw, [0.5, 0.1 / 0.31, (1 / 30) / (1 / 30 + 0.18)])
+    np.testing.assert_allclose(prior_correction(probs, t, q), [raw / raw.sum()], rtol=1e-12)
+    # equal train and test shares leave the probabilities unchanged
+    np.testing.assert_allclose(prior_correction(probs, q, q), probs, rtol=1e-12)
+
+
+def test_class_and_test_shares():
+    np.testing.assert_allclose(class_shares(["a", "b", "a", "c"], ["a", "b", "c"]), [0.5, 0.25, 0.25])
+    np.testing.assert_allclose(expected_test_shares(None, ["a", "b"]), [0.5, 0.5])
+    np.testing.assert_allclose(expected_test_shares({"b": 3, "a": 1}, ["a", "b"]), [0.25, 0.75])
+    with pytest.raises(ValueError, match="missing"):
+        expected_test_shares({"a": 1}, ["a", "b"])
+    with pytest.raises(ValueError, match="no rows of label"):
+        class_shares(["a"], ["a", "b"])
+
+
+def nll(probs, targets):
+    return float(-np.mean(np.log(probs[np.arange(len(targets)), targets])))
+
+
+def test_temperature_fitted_on_overconfident_oof_lowers_nll():
+    rng = np.random.default_rng(0)
+    y_oof, y_test = rng.integers(0, 5, 400), rng.integers(0, 4, 200)
+    oof = noisy_probs(y_oof, 1.0, rng, scale=4.0)  # sharp but often wrong: over-confident
+    test = noisy_probs(y_test, 1.0, rng, scale=4.0)
+    model = fit_temperature(oof, y_oof)
+    calibrated = apply_temperature(model, test)
+    assert nll(calibrated, y_test) < nll(test, y_test)
+    np.testing.assert_array_equal(calibrated.argmax(1), test.argmax(1))  # ranking is unchanged
+    # classes absent from the OOF targets do not change the fit
+    keep = y_oof < 4
+    a = apply_temperature(fit_temperature(oof[keep], y_oof[keep]), test)
+    assert np.isfinite(a).all() and a.shape == test.shape
+
+
+def test_oof_weights_never_worse_than_equal():
+    rng = np.random.default_rng(1)
+    for trial in range(5):
+        y = rng.integers(0, 5, 120)
+        stack = np.stack([noisy_probs(y, s, rng) for s in rng.uniform(0, 2, 3)])
+        w = fit_weights(stack, y)
+        assert np.isclose(w.sum(), 1.0)
+        assert map_at_3(combine(stack, w), y) >= map_at_3(combine(stack, None), y)
+
+
+def test_oof_weights_beat_equal_when_a_member_is_noise():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 5, 300)
+    stack = np.stack([noisy_probs(y, 2.0, rng), noisy_probs(y, 0.0, rng, scale=5.0)])  # second: confident noise
+    w = fit_weights(stack, y)
+    assert map_at_3(combine(stack, w), y) > map_at_3(combine(stack, None), y)
+    assert w[0] > w[1]
+
+
+def test_shared_oof_keeps_common_rows_in_first_member_order():
+    a = Predictions(["x", "y", "z"], np.eye(3), np.array([0, 1, 2]))
+    b = Predictions(["z", "x"], np.eye(3)[[2, 0]], np.array([2, 0]))
+    s = shared_oof([a, b], ["a", "b"])
+    assert s.fnames == ["x", "z"] and s.probs.shape == (2, 2, 3)
+    np.testing.assert_array_equal(s.targets, [0, 2])
+    c = Predictions(["x"], np.eye(3)[:1], np.array([1]))
+    with pytest.raises(BlendError, match="disagree on the OOF target of 'x'"):
+        shared_oof([a, c], ["a", "c"])
+
+
+def test_parse_blend_weights_and_checks():
+    base = {"name": "t", "submission": "/x.csv"}
+    spec = parse_blend({**base, "members": ["a", {"run": "b", "weight": 3}]})
+    assert spec.members == ["a", "b"] and spec.weights == [1.0, 3.0] and spec.method == "gmean"
+    with pytest.raises(BlendError, match="both given"):
+        parse_blend({**base, "members": [{"run": "a", "weight": 1}], "weights": "oof"})
+    with pytest.raises(BlendError, match="2 numbers for 1 members"):
+        parse_blend({**base, "members": ["a"], "weights": [1, 2]})
+    with pytest.raises(BlendError, match="calibration"):
+        parse_blend({**base, "members": ["a"], "calibration": "platt"})
+
+
+# --- members ----------------------------------------------------------------------------------------
+def test_member_errors_name_what_was_looked_for(world):
+    root, runs = world
+    runs_root = root / "multirun" / EXP
+    with pytest.raises(MemberError) as err:
+        resolve_members(["cnn_small/none/fold_7", "cnn_small/none/fold_1"], runs_root, "sqlite:///unused.db")
+    assert str(runs_root / "cnn_small/none/fold_7") in str(err.value)
+
+    preds = _preds_of(runs["cnn_small/none/fold_1"])
+    other = make_run(root, "odd", "none", 1, "train", *preds, labels=LABELS[::-1])
+    with pytest.raises(MemberError, match=r"member odd/none/fold_1 has a different label set from member cnn_small/"):
+        resolve_members(["cnn_small/none/fold_1", str(other)], runs_root, "unused")
+
+    make_run(root, "feat", "none", 1, "train", *preds, feature_key="mfcc-1")
+    with pytest.raises(MemberError, match=r"feature_key 'mfcc-1' but member cnn_small/none/fold_1 has 'logmel64-012"):
+        resolve_members(["cnn_small/none/fold_1", "feat/none/fold_1"], runs_root, "unused")
+
+    make_run(root, "half", "none", 1, "train", *preds, complete=False)
+    with pytest.raises(MemberError, match="half/none/fold_1: run is not complete"):
+        resolve_members(["half/none/fold_1"], runs_root, "unused")
+
+    with pytest.raises(MemberError, match="same run directory"):
+        resolve_members(["cnn_small/none/fold_1", str(runs["cnn_small/none/fold_1"])], runs_root, "unused")
+
+    members = resolve_members(FOLD1, runs_root, "unused")
+    assert [m.key for m in members] == FOLD1
+
+
+def _preds_of(path: Path):
+    from fstag.run_dir import RunDir
+
+    run = RunDir.open(path)
+    return run.oof(), run.test()
+
+
+def test_member_by_mlflow_run_id(world, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from fstag.tracking import ensure_experiment
+
+    root, runs = world
+    uri = f"sqlite:///{tmp_path / 'ids.db'}"
+    exp_id = ensure_experiment(uri, "ids", str(tmp_path / "art"))
+    run_dir = runs["resnet50/specmask_concat/fold_1"]
+    run_id = MlflowClient(uri).create_run(exp_id, tags={RUN_DIR_TAG: str(run_dir)}).info.run_id
+    assert resolve_member(run_id, root / "nowhere", uri).path == run_dir
+    missing = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(MemberError, match=f"MLflow run {missing} not found in tracking store {uri}"):
+        resolve_member(missing, root, uri)
+
+
+# --- the job ----------------------------------------------------------------------------------------
+def compose(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return hydra_compose(config_name="ensemble", overrides=overrides)
+
+
+def test_no_shared_oof_rows_is_a_clear_error(world, monkeypatch):
+    root, _ = world
+    monkeypatch.setenv("FSTAG_ROOT", str(root))
+    members = "[cnn_small/none/fold_0,cnn_small/none/fold_1]"
+    cfg = compose([f"blend.members={members}", "blend.weights=oof"])
+    pattern = r"blend.weights=oof needs OOF rows .* share none \(cnn_small/none/fold_0: 30 rows, cnn_small/none/fo"
+    with pytest.raises(BlendError, match=pattern):
+        run_blend(cfg, root / "out")
+
+
+def run_blend_py(args, root: Path, db: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FSTAG_"))}
+    env.update(FSTAG_ROOT=str(root), MLFLOW_TRACKING_URI=f"sqlite:///{db}")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "blend.py"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_blend_py_end_to_end_rebuilds_identically_and_logs_to_mlflow(world, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    root, runs = world
+    db = tmp_path / "mlflow.db"
+    members = "[" + ",".join(FOLD1) + "]"
+    first = run_blend_py(
+        ["blend.name=e2e", f"blend.members={members}", "blend.weights=oof", "blend.calibration=prior"], root, db
+    )
+    submission = root / "submissions" / "e2e.csv"
+    assert f"submission: {submission}" in first.stdout
+    assert first.stdout.strip().splitlines()[-1].startswith("test MAP@3 ")
+    assert "blend, equal weights" in first.stdout
+    data = root / "data" / "demo"
+    validate_submission(submission, data / "sample_submission.csv", LABELS)
+    built = submission.read_bytes()
+
+    (saved,) = (root / "outputs" / "blend" / "e2e").glob("*/config.yaml")
+    config = saved.read_text()
+    assert str(runs["resnet50/specmask_concat/fold_1_r"]) in config and "weights: oof" not in config
+    copy = tmp_path / "saved"
+    copy.mkdir()
+    shutil.copy(saved, copy / "config.yaml")
+    submission.unlink()
+    run_blend_py(["--config-path", str(copy), "--config-name", "config"], tmp_path, db)
+    assert submission.read_bytes() == built
+
+    client = MlflowClient(f"sqlite:///{db}")
+    (exp,) = [e for e in client.search_experiments() if e.name == "fstag-demo"]
+    logged = client.search_runs([exp.experiment_id], filter_string="attributes.run_name = 'blend/e2e'")
+    assert len(logged) == 2
+    run = logged[-1]  # the first blend
+    scored = score_submission(submission, data / "test_post_competition.csv", LABELS)
+    assert run.data.metrics["test_map3"] == pytest.approx(scored["map3"])
+    assert run.data.metrics["test_map3_public"] == pytest.approx(scored["map3_public"])
+    assert run.data.metrics["test_map3_private"] == pytest.approx(scored["map3_private"])
+    assert run.data.metrics["oof_map3"] >= run.data.metrics["oof_map3_equal_weights"]
+    assert "oof_map3/resnet50/specmask_concat/fold_1_r" in run.data.metrics
+    assert run.data.params["method"] == "gmean" and run.data.params["calibration"] == "prior"
+    assert run.data.params["weights_mode"] == "oof"
+    assert json.loads(run.data.params["members"]) == FOLD1
+    assert sum(json.loads(run.data.params["weights"])) == pytest.approx(1.0)
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "e2e.csv"]
+
+
+def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):
+    root, _ = world
+    monkeypatch.setenv("FSTAG_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'demo.db'}")
+    metrics = run_blend(compose([]), tmp_path / "out")  # conf/blend/demo.yaml as shipped
+    assert "oof_map3/cnn_small/none/fold_0_r" in metrics and "oof_map3" not in metrics  # no shared OOF rows
+    assert 0 <= metrics["test_map3"] <= 1
+    validate_submission(root / "submissions" / "demo.csv", root / "data" / "demo" / "sample_submission.csv", LABELS)
+    saved = (tmp_path / "out" / "config.yaml").read_text()
+    assert "- 0.25\n" in saved and str(root / "multirun" / EXP / "cnn_small/none/fold_0_r") in saved
