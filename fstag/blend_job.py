@@ -20,10 +20,13 @@ from fstag import calibration as calib
 from fstag.blending import (
     METHODS,
     BlendError,
+    Families,
     SharedOOF,
     align,
     combine,
+    family_oof,
     fit_weights,
+    group_families,
     normalise,
     scores,
     shared_oof,
@@ -121,18 +124,20 @@ def _require_shared_rows(spec: BlendSpec, members, oofs, shared: SharedOOF) -> N
         )
 
 
-def _weights(spec: BlendSpec, shared: SharedOOF, n: int) -> list[float]:
-    """The weights passed to :func:`combine`, exactly as saved for a rebuild."""
+def _weights(spec: BlendSpec, shared: SharedOOF, families: Families, n: int) -> list[float]:
+    """The member weights passed to :func:`combine`, exactly as saved for a rebuild (``oof``: fitted
+    per family on the families' shared OOF rows, then spread over each family's members)."""
     if spec.weights == "oof":
-        return [float(w) for w in fit_weights(shared.probs, shared.targets, spec.method)]
+        return families.member_weights(fit_weights(shared.probs, shared.targets, spec.method))
     if spec.weights is None:
         return [float(w) for w in normalise(np.ones(n))]
     return list(spec.weights)
 
 
-def _oof_report(members, oofs, shared, spec, weights) -> tuple[list[tuple], dict[str, float]]:
+def _oof_report(members, oofs, shared, families, spec, weights) -> tuple[list[tuple], dict[str, float]]:
     """Rows (name, n, map3, acc1, weight) for the table, and the matching MLflow metrics."""
     rows, metrics = [], {}
+    family_w = families.family_weights(weights)
     shown = normalise(weights)
     for m, oof, w in zip(members, oofs, shown):
         s = scores(oof.probs, oof.targets)
@@ -144,7 +149,7 @@ def _oof_report(members, oofs, shared, spec, weights) -> tuple[list[tuple], dict
             eq = scores(combine(shared.probs, None, spec.method), shared.targets)
             rows.append(("blend, equal weights", n, eq["map3"], eq["acc1"], None))
             metrics["oof_map3_equal_weights"] = eq["map3"]
-        s = scores(combine(shared.probs, weights, spec.method), shared.targets)
+        s = scores(combine(shared.probs, family_w, spec.method), shared.targets)
         rows.append(("blend", n, s["map3"], s["acc1"], None))
         metrics.update({"oof_map3": s["map3"], "oof_acc1": s["acc1"], "oof_n_shared": float(n)})
     return rows, metrics
@@ -158,13 +163,13 @@ def _print_table(rows: list[tuple]) -> None:
         print(f"{name:<{width}}  {n:>6}  {map3:>6.4f}  {acc1:>6.4f}  {weight:>6}")
 
 
-def _calibrate(spec, blend_test, shared, weights, labels, layout) -> tuple[np.ndarray, dict[str, float]]:
+def _calibrate(spec, blend_test, shared, family_w, labels, layout) -> tuple[np.ndarray, dict[str, float]]:
     """Apply ``blend.calibration`` to the blended test probabilities; also return metrics to log."""
     if spec.calibration == "prior":
         train = calib.class_shares(read_train_csv(layout.train_csv)["label"], labels)
         return calib.prior_correction(blend_test, train, calib.expected_test_shares(spec.test_share, labels)), {}
     if spec.calibration == "temperature":
-        model = calib.fit_temperature(combine(shared.probs, weights, spec.method), shared.targets)
+        model = calib.fit_temperature(combine(shared.probs, family_w, spec.method), shared.targets)
         return calib.apply_temperature(model, blend_test), {"temperature": calib.temperature_of(model)}
     return blend_test, {}
 
@@ -236,15 +241,18 @@ def run_blend(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     test = _test_stack(members, test_fnames, len(labels))
 
     oofs = [m.run.oof() for m in members]
-    shared = shared_oof(oofs, [m.key for m in members])
+    keys = [m.key for m in members]
+    families = group_families([m.run.info for m in members])
+    shared = shared_oof(family_oof(oofs, families, keys), families.keys)
     _require_shared_rows(spec, members, oofs, shared)
-    weights = _weights(spec, shared, len(members))
-    rows, metrics = _oof_report(members, oofs, shared, spec, weights)
+    weights = _weights(spec, shared, families, len(members))
+    rows, metrics = _oof_report(members, oofs, shared, families, spec, weights)
     _print_table(rows)
     if not shared.fnames:
         print("(the members share no OOF row, so the blend has no OOF score)")
 
-    blend_test, extra = _calibrate(spec, combine(test, weights, spec.method), shared, weights, labels, layout)
+    family_w = families.family_weights(weights)
+    blend_test, extra = _calibrate(spec, combine(test, weights, spec.method), shared, family_w, labels, layout)
     metrics.update(extra)
 
     submission = write_submission(spec.submission, test_fnames, blend_test, labels)

@@ -68,6 +68,65 @@ def shared_oof(oofs: list[Predictions], keys: list[str]) -> SharedOOF:
     return SharedOOF(fnames, np.stack(probs), targets[0])
 
 
+@dataclass(frozen=True)
+class Families:
+    """Members grouped by what they are (``arch/aug/stage``) regardless of fold.
+
+    A 5-fold sweep gives each family one member per fold; each member's OOF rows are its own fold, so a
+    family's OOF predictions cover every fold it was trained on, and families share those rows even
+    though single members do not. OOF weights are fitted per family and spread over its members.
+    """
+
+    keys: list[str]
+    of_member: list[int]
+
+    def member_weights(self, family_weights) -> list[float]:
+        """Each family's weight split equally over its members (summing to 1 overall)."""
+        fw = normalise(family_weights)
+        counts = np.bincount(self.of_member, minlength=len(self.keys))
+        return [float(fw[f] / counts[f]) for f in self.of_member]
+
+    def family_weights(self, member_weights) -> np.ndarray:
+        """The total weight of each family (what its OOF predictions get in the blend)."""
+        return np.bincount(self.of_member, weights=normalise(member_weights), minlength=len(self.keys))
+
+
+def group_families(infos: list[dict]) -> Families:
+    """Families of members from their run.json contents, in first-seen order."""
+    keys: list[str] = []
+    of_member = []
+    for info in infos:
+        key = f"{info.get('arch')}/{info.get('aug')}/{info.get('stage', 'train')}"
+        if key not in keys:
+            keys.append(key)
+        of_member.append(keys.index(key))
+    return Families(keys, of_member)
+
+
+def family_oof(oofs: list[Predictions], families: Families, member_keys: list[str]) -> list[Predictions]:
+    """Per family, its members' OOF predictions concatenated (members of one family cover disjoint folds)."""
+    out = []
+    for f, fkey in enumerate(families.keys):
+        parts = [(oofs[m], member_keys[m]) for m, fm in enumerate(families.of_member) if fm == f]
+        seen: dict[str, str] = {}
+        for oof, key in parts:
+            if oof.targets is None:
+                raise BlendError(f"member {key}: oof.npz holds no 'targets'")
+            for fname in oof.fnames:
+                if fname in seen:
+                    raise BlendError(
+                        f"members {seen[fname]} and {key} of family {fkey} both hold OOF row {fname!r}: "
+                        "blend one member per fold of each arch/aug/stage"
+                    )
+                seen[fname] = key
+        out.append(Predictions(
+            fnames=[f for oof, _ in parts for f in oof.fnames],
+            probs=np.concatenate([oof.probs for oof, _ in parts]),
+            targets=np.concatenate([oof.targets for oof, _ in parts]),
+        ))
+    return out
+
+
 def scores(probs, targets) -> dict[str, float]:
     """MAP@3 and top-1 accuracy of (N, C) probabilities against integer targets."""
     return {"map3": map_at_3(probs, targets), "acc1": top1_accuracy(probs, targets)}

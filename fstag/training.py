@@ -123,9 +123,13 @@ def _trainer(cfg: DictConfig, job_dir: Path, logger, max_epochs: int, min_epochs
     t = cfg.trainer
     on_gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
     precision = t.precision or ("bf16-mixed" if on_gpu else "32-true")
+    ckpt_dir = job_dir / CHECKPOINT_DIR
     callbacks = [
-        ModelCheckpoint(dirpath=job_dir / CHECKPOINT_DIR, filename=Path(BEST_CKPT).stem, monitor="val_acc1", mode="max",
-                        save_top_k=1, save_last=True, enable_version_counter=False, auto_insert_metric_name=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(BEST_CKPT).stem, monitor="val_acc1", mode="max",
+                        save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False),
+        # last.ckpt every epoch, for resuming (Lightning 2.6's save_last only writes it with a new best)
+        ModelCheckpoint(dirpath=ckpt_dir, filename=Path(LAST_CKPT).stem, monitor=None, save_top_k=1, every_n_epochs=1,
+                        enable_version_counter=False, auto_insert_metric_name=False),
         EarlyStopping(monitor=str(cfg.early_stopping.monitor), mode="max", patience=patience,
                       min_delta=float(cfg.early_stopping.min_delta)),
         LearningRateMonitor(logging_interval="epoch"),
@@ -222,7 +226,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     best = job_dir / CHECKPOINT_DIR / BEST_CKPT
     ckpt = torch.load(best if best.is_file() else last, map_location="cpu", weights_only=True)
     module.load_state_dict(ckpt["state_dict"])
-    best_acc = float(ckpt["callbacks"][next(k for k in ckpt["callbacks"] if k.startswith("ModelCheckpoint"))]["best_model_score"])
+    best_score = trainer.checkpoint_callback.best_model_score  # the first ModelCheckpoint: val_acc1
+    best_acc = float(best_score) if best_score is not None else float("nan")
     device = torch.device("cuda" if on_gpu else "cpu")
 
     test_fnames = layout.split_fnames("test")
@@ -248,7 +253,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         "labels": labels, "feature_key": fkey, "features": to_plain(cfg.features), "data_name": str(cfg.data.name),
         "data_root": str(cfg.data.root), "mlflow_run_id": run_id, "mlflow_tracking_uri": str(cfg.mlflow.tracking_uri),
         "best_val_acc1": best_acc, "oof_map3": oof_map3, "oof_acc1": oof_acc1, "oof_source": oof_source,
-        "epochs_trained": int(ckpt.get("epoch", -1)) + 1, "test_missing": test_missing, "complete": True,
+        "epochs_trained": int(trainer.current_epoch), "best_epoch": int(ckpt.get("epoch", -1)), "test_missing": test_missing, "complete": True,
     }
     write_json_atomic(job_dir / RUN_JSON, info)
     client.log_metric(run_id, "best_val_acc1", best_acc)

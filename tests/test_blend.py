@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from fstag.blend_job import parse_blend, run_blend
-from fstag.blending import BlendError, align, combine, fit_weights, shared_oof
+from fstag.blending import BlendError, align, combine, family_oof, fit_weights, group_families, shared_oof
 from fstag.calibration import (
     apply_temperature,
     class_shares,
@@ -226,6 +226,32 @@ def test_oof_weights_beat_equal_when_a_member_is_noise():
     assert w[0] > w[1]
 
 
+def test_families_share_oof_rows_across_folds_and_split_their_weight():
+    rng = np.random.default_rng(3)
+    y = np.arange(80) % len(LABELS)
+    fnames = [f"tr{i:03d}.wav" for i in range(80)]
+    fold = np.arange(80) % 2
+    infos, oofs, keys = [], [], []
+    for arch, signal in (("good", 3.0), ("noise", 0.0)):
+        for k in (0, 1):
+            rows = np.flatnonzero(fold == k)
+            infos.append({"arch": arch, "aug": "none", "stage": "train", "fold": k})
+            oofs.append(Predictions([fnames[i] for i in rows], noisy_probs(y[rows], signal, rng, scale=2.0), y[rows]))
+            keys.append(f"{arch}/none/fold_{k}")
+    fams = group_families(infos)
+    assert fams.keys == ["good/none/train", "noise/none/train"] and fams.of_member == [0, 0, 1, 1]
+    shared = shared_oof(family_oof(oofs, fams, keys), fams.keys)
+    assert len(shared.fnames) == 80  # single members share no row, their families share all of them
+    fw = fit_weights(shared.probs, shared.targets)
+    equal = map_at_3(combine(shared.probs), shared.targets)
+    assert map_at_3(combine(shared.probs, fw), shared.targets) > equal and fw[0] > fw[1]
+    mw = fams.member_weights(fw)
+    assert mw[0] == mw[1] == pytest.approx(fw[0] / 2) and sum(mw) == pytest.approx(1.0)
+    np.testing.assert_allclose(fams.family_weights(mw), fw)
+    with pytest.raises(BlendError, match="both hold OOF row"):
+        family_oof([oofs[0], oofs[0]], group_families(infos[:2]), ["a", "b"])
+
+
 def test_shared_oof_keeps_common_rows_in_first_member_order():
     a = Predictions(["x", "y", "z"], np.eye(3), np.array([0, 1, 2]))
     b = Predictions(["z", "x"], np.eye(3)[[2, 0]], np.array([2, 0]))
@@ -312,9 +338,9 @@ def compose(overrides):
 def test_no_shared_oof_rows_is_a_clear_error(world, monkeypatch):
     root, _ = world
     monkeypatch.setenv("FSTAG_ROOT", str(root))
-    members = "[cnn_small/none/fold_0,cnn_small/none/fold_1]"
+    members = "[cnn_small/none/fold_0,resnet50/specmask_concat/fold_1]"  # other families, other folds
     cfg = compose([f"blend.members={members}", "blend.weights=oof"])
-    pattern = r"blend.weights=oof needs OOF rows .* share none \(cnn_small/none/fold_0: 30 rows, cnn_small/none/fo"
+    pattern = r"blend.weights=oof needs OOF rows .* share none \(cnn_small/none/fold_0: 30 rows, resnet50/specmask_c"
     with pytest.raises(BlendError, match=pattern):
         run_blend(cfg, root / "out")
 
@@ -379,7 +405,8 @@ def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):
     monkeypatch.setenv("FSTAG_ROOT", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'demo.db'}")
     metrics = run_blend(compose([]), tmp_path / "out")  # conf/blend/demo.yaml as shipped
-    assert "oof_map3/cnn_small/none/fold_0_r" in metrics and "oof_map3" not in metrics  # no shared OOF rows
+    assert "oof_map3/cnn_small/none/fold_0_r" in metrics
+    assert metrics["oof_n_shared"] == 60  # the train and retrain families each cover folds 0 and 1
     assert 0 <= metrics["test_map3"] <= 1
     validate_submission(root / "submissions" / "demo.csv", root / "data" / "demo" / "sample_submission.csv", LABELS)
     saved = (tmp_path / "out" / "config.yaml").read_text()

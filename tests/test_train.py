@@ -98,7 +98,8 @@ def test_retrain_val_without_parent_names_what_was_looked_for(swept):
 def test_interrupted_job_resumes_from_last_ckpt(demo_project):
     job = demo_project.runs_dir / "cnn_small" / "none" / "fold_2"
     last = job / "checkpoints" / "last.ckpt"
-    args = ["fold=2", *TINY_TRAIN, "trainer.max_epochs=6", "early_stopping.patience=10"]
+    tiny = [a for a in TINY_TRAIN if not a.startswith("trainer.max_epochs=")]
+    args = ["fold=2", *tiny, "trainer.max_epochs=6", "early_stopping.patience=10"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=demo_project.root,
                             env=demo_project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

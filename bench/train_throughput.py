@@ -1,0 +1,163 @@
+"""Training throughput of the real pipeline against the model's own limit, in one process.
+
+    python bench/train_throughput.py [--archs resnext101_32x4d,resnet50] [--batches 64,128] [--steps 50]
+
+For each arch x batch size it measures samples/s of
+  (a) the limit: forward + backward + SGD step on random tensors already on the device, same precision
+      (bf16 autocast on GPU) and memory format (channels_last on GPU);
+  (b) the real pipeline: the feature store -> CropDataset (crop/pad, specmask_concat) -> DataLoader
+      (workers, pinned memory) -> Lightning training_step with mixup, via pl.Trainer;
+and prints (b)/(a). The feature store is an in-memory stand-in with FSDKaggle2018-like clip lengths
+(float16, 3x64xT), so the figure isolates the training path from disk speed.
+On a CPU-only machine the defaults shrink to the small CNN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fstag.datamodule import FoldDataModule, Rows  # noqa: E402
+from fstag.lit_module import TaggingModule  # noqa: E402
+
+
+class MemoryStore:
+    """FeatureStore stand-in: float16 (3, 64, T) clips with lengths drawn like FSDKaggle2018's
+    (0.3-30 s, median ~3 s at 100 frames/s)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        lengths = np.clip(rng.lognormal(np.log(300), 0.9, n), 30, 3000).astype(int)
+        self.clips = [rng.standard_normal((3, 64, t)).astype(np.float16) for t in lengths]
+        self.fnames = [f"{i:08x}.wav" for i in range(n)]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.clips[i]
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return f"{cpu} x{os.cpu_count()} cores; {gpu}; torch {torch.__version__}, lightning {pl.__version__}"
+
+
+def _module(arch: str, n_classes: int, device: torch.device) -> TaggingModule:
+    return TaggingModule(
+        arch={"name": arch, "pretrained": False, "in_chans": 3, "input_bn": True},
+        labels=[f"c{i}" for i in range(n_classes)],
+        optimizer={"lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4},
+        scheduler={"cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7},
+        mixup={"enabled": True, "prob": 0.7, "alpha": 3.0},
+        gpu={"channels_last": device.type == "cuda"},
+    )
+
+
+def limit_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+    module = _module(arch, 41, device).to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(module.parameters(), lr=0.009, momentum=0.9)
+    x = torch.randn(batch, 3, 64, 150, device=device)
+    y = torch.randint(0, 41, (batch,), device=device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(module(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+class _StepTimer(pl.Callback):
+    def __init__(self, warmup: int):
+        self.warmup, self.t0, self.t1, self.n = warmup, None, None, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.t0 is not None:
+            self.n += batch[0].shape[0]
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.t1 = time.perf_counter()
+
+
+def pipeline_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
+                           store: MemoryStore, num_workers: int | None) -> float:
+    n = (warmup + steps) * batch
+    idx = np.arange(n) % len(store)
+    rows = Rows(index=idx, targets=np.arange(n) % 41, weights=np.ones(n, dtype=np.float32))
+    aug = {"name": "specmask_concat", "specmask_concat": True, "time_mask": 30, "freq_mask": 15, "mask_value": 0.0}
+    loader = {"batch_size": batch, "num_workers": num_workers, "crop_frames": 150, "pad_value": 0.0, "pin_memory": None}
+    dm = FoldDataModule(store, rows, rows, loader, aug, on_gpu=device.type == "cuda")
+    module = _module(arch, 41, device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last)
+    timer = _StepTimer(warmup)
+    trainer = pl.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+        precision="bf16-mixed" if device.type == "cuda" else "32-true", max_epochs=1, limit_val_batches=0,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[timer], num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    return timer.n / (timer.t1 - timer.t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--archs", default=None)
+    ap.add_argument("--batches", default=None)
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: fstag's)")
+    ap.add_argument("--clips", type=int, default=2000)
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    gpu = device.type == "cuda"
+    archs = (a.archs or ("resnext101_32x4d,resnet50" if gpu else "cnn_small")).split(",")
+    batches = [int(b) for b in (a.batches or ("64,128" if gpu else "32")).split(",")]
+    steps = a.steps or (50 if gpu else 10)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    store = MemoryStore(a.clips)
+    print(f"machine: {machine(device)}")
+    print(f"{'arch':<18} {'batch':>5} {'limit/s':>10} {'pipeline/s':>11} {'ratio':>7}")
+    for arch in archs:
+        for b in batches:
+            lim = limit_samples_per_s(arch, b, steps, a.warmup, device)
+            real = pipeline_samples_per_s(arch, b, steps, a.warmup, device, store, a.num_workers)
+            print(f"{arch:<18} {b:>5} {lim:>10.1f} {real:>11.1f} {real / lim:>7.1%}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
