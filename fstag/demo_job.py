@@ -18,12 +18,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _run(step: str, args: list[str]) -> None:
+def _run(step: str, args: list[str]) -> list[str]:
+    """Run one entry point, streaming its standard output; return the output's lines."""
     cmd = [sys.executable, str(REPO / step), *args]
     print(f"\n=== {step} {' '.join(args)}", flush=True)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=os.getcwd())
+    lines = []
+    with subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.PIPE, text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    if proc.returncode != 0:
+        raise SystemExit(f"{step} failed with exit code {proc.returncode}")
     print(f"=== {step} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,10 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     _run("train.py", [*train, "stage=retrain_val"])
     _run("predict.py", [*common, f"runs=[cnn_small/none/fold_{folds[0]},cnn_small/none/fold_{folds[0]}_r]"])
     members = ",".join(f"cnn_small/none/fold_{k}{s}" for k in folds for s in ("", "_r"))
-    _run("blend.py", [*common, "blend=demo", f"blend.members=[{members}]"])
+    blend_out = _run("blend.py", [*common, "blend=demo", f"blend.members=[{members}]"])
     root = Path(os.environ.get("FSTAG_ROOT", ".")).resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     print(f"\nDemo job finished in {time.perf_counter() - t0:.0f} s.")
+    for line in blend_out:
+        if line.startswith(("submission:", "test MAP@3")):
+            print(line)
     print(f"Browse the runs:  mlflow ui --backend-store-uri {uri} --port 5000")
 
 

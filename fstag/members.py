@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fstag.run_dir import MLFLOW_RUN_DIR_TAG as RUN_DIR_TAG
 from fstag.run_dir import OOF_NPZ, TEST_NPZ, RunDir, RunDirError
 
-RUN_DIR_TAG = "fstag.run_dir"
 _MLFLOW_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 

@@ -82,17 +82,15 @@ def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: 
 
 
 def run_predict(cfg: DictConfig) -> Path:
-    from fstag.members import resolve_member
+    from fstag.members import resolve_members
 
     specs = [str(s) for s in (cfg.runs or [])]
     if not specs:
         raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids or arch/aug/fold_k names")
     runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
-    runs = [resolve_member(s, runs_root, str(cfg.mlflow.tracking_uri)) for s in specs]
+    # resolved and checked together: complete, same label set and feature config
+    runs = [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri))]
     first = runs[0]
-    for r in runs[1:]:
-        if r.labels != first.labels or r.feature_key != first.feature_key:
-            raise ValueError(f"runs {first.path} and {r.path} differ in label set or feature config; predict them apart")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else str(cfg.device)))
     first_cfg = run_config(first)

@@ -28,6 +28,8 @@ CONFIG_YAML = "config.yaml"
 CHECKPOINT_DIR = "checkpoints"
 BEST_CKPT = "best.ckpt"
 LAST_CKPT = "last.ckpt"
+# The MLflow tag of a train.py run that names its run directory (how an MLflow run id finds the files).
+MLFLOW_RUN_DIR_TAG = "fstag.run_dir"
 
 
 class RunDirError(FileNotFoundError):

@@ -22,7 +22,8 @@ from fstag.io_utils import save_npz_atomic, write_json_atomic, write_text_atomic
 from fstag.lit_module import TaggingModule
 from fstag.metrics import map_at_3, top1_accuracy
 from fstag.run_dir import (
-    BEST_CKPT, CHECKPOINT_DIR, CONFIG_YAML, LAST_CKPT, OOF_NPZ, RUN_JSON, TEST_NPZ, RunDir, RunDirError,
+    BEST_CKPT, CHECKPOINT_DIR, CONFIG_YAML, LAST_CKPT, MLFLOW_RUN_DIR_TAG, OOF_NPZ, RUN_JSON, TEST_NPZ, RunDir,
+    RunDirError,
     job_name, mlflow_run_name,
 )
 from fstag.tracking import ensure_experiment, log_params_flat, read_parent_run_id
@@ -94,7 +95,7 @@ def _mlflow_logger(cfg: DictConfig, job_dir: Path, run_name: str):
         except Exception:
             run_id = None
     if not run_id:
-        tags = {"fstag.run_dir": str(job_dir), "fstag.arch": str(cfg.arch.name), "fstag.aug": str(cfg.aug.name),
+        tags = {MLFLOW_RUN_DIR_TAG: str(job_dir), "fstag.arch": str(cfg.arch.name), "fstag.aug": str(cfg.aug.name),
                 "fstag.fold": str(cfg.fold), "fstag.stage": str(cfg.stage.name)}
         parent = read_parent_run_id(_sweep_dir())
         if parent:

@@ -56,3 +56,10 @@ def demo_project(tmp_path_factory) -> Project:
     proj = Project(root=root, env=make_env(root))
     proj.run("preprocess.py", "data=demo", *TINY_DEMO)
     return proj
+
+
+@pytest.fixture(scope="session")
+def swept_project(demo_project) -> Project:
+    """``demo_project`` after a real 2-job multirun: cnn_small/none/fold_0 and fold_1."""
+    demo_project.run("train.py", "-m", "fold=0,1", *TINY_TRAIN)
+    return demo_project

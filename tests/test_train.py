@@ -28,10 +28,9 @@ def _runs_by_name(uri: str, experiment: str = "fstag-demo") -> dict:
     return {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
 
 
-@pytest.fixture(scope="module")
-def swept(demo_project):
-    demo_project.run("train.py", "-m", "fold=0,1", *TINY_TRAIN)
-    return demo_project
+@pytest.fixture
+def swept(swept_project):
+    return swept_project
 
 
 def test_multirun_writes_two_jobs_and_mlflow_runs(swept):

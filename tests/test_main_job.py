@@ -1,0 +1,41 @@
+"""The README's main job (python -m fstag.demo_job, what `make demo` runs) end to end on tiny demo data."""
+
+from __future__ import annotations
+
+import re
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from fstag.submission import validate_submission
+from tests.conftest import TINY_DEMO, TINY_TRAIN, Project, make_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_job_end_to_end(tmp_path):
+    project = Project(root=tmp_path, env=make_env(tmp_path))
+    sets = [a for x in TINY_DEMO for a in ("--set", x)]
+    train_sets = [a for x in TINY_TRAIN if x != "experiment=demo" for a in ("--train-set", x)]
+    res = project.run("-m fstag.demo_job", "--folds", "0,1", *sets, *train_sets, timeout=900)
+    out = res.stdout
+
+    submission = tmp_path / "submissions" / "demo.csv"
+    assert f"submission: {submission}" in out
+    match = re.search(r"test MAP@3 ([0-9.]+) \(top-1 ([0-9.]+), public ([0-9.]+), private ([0-9.]+)\)", out)
+    assert match, out[-2000:]
+    assert 0.0 <= float(match.group(1)) <= 1.0
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+
+    data = tmp_path / "data" / "demo"
+    labels = sorted(pd.read_csv(data / "train.csv")["label"].unique())
+    validate_submission(submission, data / "sample_submission.csv", labels)
+    for job in ("fold_0", "fold_0_r", "fold_1", "fold_1_r"):
+        assert (tmp_path / "multirun" / "demo" / "cnn_small" / "none" / job / "run.json").is_file()
+    assert list((tmp_path / "outputs" / "predict").glob("*/top3.csv"))
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("fstag-demo")
+    names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+    assert {"cnn_small/none/fold_0", "cnn_small/none/fold_1_r", "blend/demo"} <= names
