@@ -18,7 +18,7 @@ def test_demo_job_end_to_end(tmp_path):
     project = Project(root=tmp_path, env=make_env(tmp_path))
     sets = [a for x in TINY_DEMO for a in ("--set", x)]
     train_sets = [a for x in TINY_TRAIN if x != "experiment=demo" for a in ("--train-set", x)]
-    res = project.run("-m fstag.demo_job", "--folds", "0,1", *sets, *train_sets, timeout=900)
+    res = project.run("-m fstag.demo_job", "--folds", "0,1", "--augs", "none", *sets, *train_sets, timeout=900)
     out = res.stdout
 
     submission = tmp_path / "submissions" / "demo.csv"

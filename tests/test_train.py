@@ -163,3 +163,18 @@ def test_pretrained_offline_fails_at_once_with_a_clear_message(demo_project):
                            check=False, timeout=120)
     assert res.returncode != 0
     assert "arch.pretrained=true" in res.stderr and "resnet50" in res.stderr
+
+
+def test_parallel_joblib_sweep_against_a_new_sqlite_store(demo_project, tmp_path):
+    """Two jobs in parallel processes (Hydra's joblib launcher) on a store that does not exist yet: the
+    sweep callback creates it once, before the jobs start, and both jobs land under one parent run."""
+    db = tmp_path / "new" / "parallel.db"
+    db.parent.mkdir()
+    uri = f"sqlite:///{db}"
+    demo_project.run("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "fold=0,1",
+                     *TINY_TRAIN, "trainer.max_epochs=1", "exp=parallel", env={"MLFLOW_TRACKING_URI": uri})
+    runs = _runs_by_name(uri)
+    jobs = [runs[f"cnn_small/none/fold_{k}"] for k in (0, 1)]
+    assert all(r.info.status == "FINISHED" for r in jobs)
+    parents = {r.data.tags["mlflow.parentRunId"] for r in jobs}
+    assert len(parents) == 1 and runs[next(n for n in runs if n.startswith("sweep/"))].info.run_id in parents
