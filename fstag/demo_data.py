@@ -607,7 +607,7 @@ def _render_all(plan: pd.DataFrame, settings: DemoSettings, out_dir: Path, progr
     """Render every planned clip into ``out_dir``, in a process pool when more than one worker."""
     jobs = [(row, settings, str(out_dir)) for row in plan.to_dict("records")]
     workers = settings.workers or len(os.sched_getaffinity(0))
-    bar = dict(total=len(jobs), desc="demo clips", unit="clip", disable=not progress, file=sys.stderr)
+    bar = dict(total=len(jobs), desc="demo clips", unit="clip", disable=None if progress else True, file=sys.stderr)
     if workers <= 1:
         infos = [_render_job(job) for job in tqdm(jobs, **bar)]
     else:

@@ -97,7 +97,7 @@ def preprocess_split(
         log.info("%s: resuming, %d of %d clips already done", split, len(fnames) - len(todo), len(fnames))
     audio_dir = layout.audio_dir(split)
     bar = tqdm(total=len(fnames), initial=len(fnames) - len(todo), desc=f"features {split}", unit="clip",
-               disable=not settings.progress, file=sys.stderr, smoothing=0.1)
+               disable=None if settings.progress else True, file=sys.stderr, smoothing=0.1)  # None: off when not a TTY
     results = iter_features([audio_dir / f for f in todo], cfg, device=settings.device,
                             num_workers=settings.num_workers, batch_size=settings.batch_size,
                             chunk_size=settings.chunk_size, dtype=np.float16)
