@@ -41,13 +41,21 @@ def check_fname(fname: object, source: str | os.PathLike, row: int) -> str:
     return fname
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+def read_csv_as_text(path: str | os.PathLike, error: type[Exception] | None = None) -> pd.DataFrame:
+    """A CSV with every cell as a string (no NaN for empty cells); ``error`` (default
+    :class:`DatasetError`) names the file when it is missing or malformed."""
+    error = error or DatasetError
+    path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found")
+        raise error(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
     except Exception as exc:  # pandas raises several types for malformed CSV
-        raise DatasetError(f"{path}: cannot be read as CSV: {exc}") from exc
+        raise error(f"{path}: cannot be read as CSV: {exc}") from exc
+
+
+def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
+    df = read_csv_as_text(path)
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise DatasetError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")

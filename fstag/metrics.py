@@ -43,32 +43,28 @@ def map_at_3_torch(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (hits * weights).sum(dim=1).mean()
 
 
+def _member_weights(weights, ndim: int, m: int, axis: int) -> np.ndarray:
+    """``weights`` (default equal) checked, normalised to sum 1 and shaped to broadcast along ``axis``."""
+    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (m,) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"weights must be {m} non-negative numbers with a positive sum, got {w}")
+    shape = [1] * ndim
+    shape[axis] = m
+    return (w / w.sum()).reshape(shape)
+
+
 def geometric_mean(prob_stack, weights=None, axis: int = 0) -> np.ndarray:
     """Weighted geometric mean of probability arrays along ``axis``, renormalised to sum to 1 per row.
 
     ``prob_stack``: (M, N, C) (or any shape with the members on ``axis``); ``weights`` default to equal.
     """
     p = np.clip(np.asarray(prob_stack, dtype=np.float64), EPS, 1.0)
-    m = p.shape[axis]
-    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be {m} non-negative numbers with a positive sum, got {w}")
-    w = w / w.sum()
-    shape = [1] * p.ndim
-    shape[axis] = m
-    log_mean = (np.log(p) * w.reshape(shape)).sum(axis=axis)
+    log_mean = (np.log(p) * _member_weights(weights, p.ndim, p.shape[axis], axis)).sum(axis=axis)
     out = np.exp(log_mean - log_mean.max(axis=-1, keepdims=True))
     return out / out.sum(axis=-1, keepdims=True)
 
 
 def arithmetic_mean(prob_stack, weights=None, axis: int = 0) -> np.ndarray:
     p = np.asarray(prob_stack, dtype=np.float64)
-    m = p.shape[axis]
-    w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (m,) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"weights must be {m} non-negative numbers with a positive sum, got {w}")
-    w = w / w.sum()
-    shape = [1] * p.ndim
-    shape[axis] = m
-    out = (p * w.reshape(shape)).sum(axis=axis)
+    out = (p * _member_weights(weights, p.ndim, p.shape[axis], axis)).sum(axis=axis)
     return out / out.sum(axis=-1, keepdims=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fstag.dataset_layout import read_sample_submission
+from fstag.dataset_layout import read_csv_as_text, read_sample_submission
 from fstag.io_utils import write_text_atomic
 from fstag.metrics import map_at_3, top1_accuracy
 
@@ -46,12 +46,7 @@ def write_submission(path: str | os.PathLike, fnames: list[str], probs, labels: 
 
 def read_submission(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: submission not found")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises several types for malformed CSV
-        raise SubmissionError(f"{path}: cannot be read as CSV: {exc}") from exc
+    df = read_csv_as_text(path, SubmissionError)
     if list(df.columns) != HEADER:
         raise SubmissionError(f"{path}: header must be {','.join(HEADER)}, found {','.join(map(str, df.columns))}")
     return df
