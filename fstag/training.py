@@ -188,8 +188,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         df = df[~absent].reset_index(drop=True)
     in_fold = (df["fold"] == fold).to_numpy()
     verified = df["manually_verified"].to_numpy(dtype=bool)
-    use_unver = bool(cfg.loader.use_unverified)
-    uw = float(cfg.loader.unverified_weight)
+    use_unver = bool(cfg.data.use_unverified)
+    uw = float(cfg.data.unverified_weight)
     if stage == "retrain_val":
         parent = _parent_run(cfg, labels, fkey)
         train_mask, val_mask = in_fold & (verified | use_unver), ~in_fold

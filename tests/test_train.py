@@ -178,3 +178,19 @@ def test_parallel_joblib_sweep_against_a_new_sqlite_store(demo_project, tmp_path
     assert all(r.info.status == "FINISHED" for r in jobs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in jobs}
     assert len(parents) == 1 and runs[next(n for n in runs if n.startswith("sweep/"))].info.run_id in parents
+
+
+def test_unverified_rows_can_be_left_out(swept):
+    import re
+
+    import pandas as pd
+
+    res = swept.run("train.py", "fold=3", *TINY_TRAIN, "trainer.max_epochs=1", "exp=verified_only",
+                    "data.use_unverified=false")
+    n_train = int(re.search(r"fold_3: (\d+) train rows, (\d+) val rows", res.stdout + res.stderr).group(1))
+    (folds_csv,) = (swept.root / "data" / "demo" / "features").glob("folds_n5_seed2018_*.csv")
+    folds = pd.read_csv(folds_csv)
+    train = pd.read_csv(swept.root / "data" / "demo" / "train.csv")
+    verified = train.set_index("fname")["manually_verified"].astype(bool)
+    expected = sum(1 for f, k in zip(folds["fname"], folds["fold"]) if k != 3 and verified[f])
+    assert n_train == expected < int((folds["fold"] != 3).sum())
