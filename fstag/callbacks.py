@@ -38,8 +38,3 @@ class MlflowSweepCallback(Callback):
 
         if getattr(self, "_run_id", None):
             MlflowClient(self._uri).set_terminated(self._run_id)
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import fstag.config  # noqa: F401
-
-        ensure_experiment(str(config.mlflow.tracking_uri), str(config.mlflow.experiment), str(config.mlflow.artifact_location))

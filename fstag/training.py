@@ -169,9 +169,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if info.get("complete"):
             log.info("%s is complete (val_acc1 %.4f); nothing to do (force=true retrains)", job_dir, info.get("best_val_acc1", float("nan")))
             return info
-    if cfg.force:
+    if cfg.force:  # start over: new checkpoints and a new MLflow run
         shutil.rmtree(job_dir / CHECKPOINT_DIR, ignore_errors=True)
         existing.unlink(missing_ok=True)
+        (job_dir / MLFLOW_RUN_ID_FILE).unlink(missing_ok=True)
 
     pl.seed_everything(int(cfg.seed), workers=True)
     layout = DatasetLayout(Path(str(cfg.data.root)))
@@ -233,8 +234,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     test_fnames = layout.split_fnames("test")
     test_probs, test_missing = _predict(module, test_store, test_fnames, cfg, device)
+    missing = set(test_missing)
     save_npz_atomic(job_dir / TEST_NPZ, fnames=np.array(test_fnames), probs=test_probs,
-                    missing=np.array([f in set(test_missing) for f in test_fnames]))
+                    missing=np.array([f in missing for f in test_fnames]))
     if parent is None:
         val_fnames = df["fname"][in_fold].tolist()
         oof_probs, _ = _predict(module, train_store, val_fnames, cfg, device)

@@ -194,3 +194,14 @@ def test_unverified_rows_can_be_left_out(swept):
     verified = train.set_index("fname")["manually_verified"].astype(bool)
     expected = sum(1 for f, k in zip(folds["fname"], folds["fold"]) if k != 3 and verified[f])
     assert n_train == expected < int((folds["fold"] != 3).sum())
+
+
+def test_force_retrains_into_a_new_mlflow_run(demo_project):
+    args = ["fold=0", *TINY_TRAIN, "trainer.max_epochs=1", "exp=forced"]
+    job = demo_project.root / "multirun" / "forced" / "cnn_small" / "none" / "fold_0"
+    demo_project.run("train.py", *args)
+    first = json.loads((job / "run.json").read_text())["mlflow_run_id"]
+    demo_project.run("train.py", *args, "force=true")
+    second = json.loads((job / "run.json").read_text())
+    assert second["complete"] and second["mlflow_run_id"] != first
+    assert MlflowClient(demo_project.tracking_uri).get_run(second["mlflow_run_id"]).info.status == "FINISHED"
