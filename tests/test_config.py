@@ -1,0 +1,64 @@
+"""Hydra composition of train.py's config: the seed's defaults, the sweep's job paths, the MLflow URI."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fstag.config import CONFIG_DIR
+
+
+def _compose(overrides, monkeypatch, root, env_uri=None):
+    monkeypatch.setenv("FSTAG_ROOT", str(root))
+    if env_uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", env_uri)
+    else:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="train", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_defaults_are_the_seeds(monkeypatch, tmp_path):
+    cfg = _compose([], monkeypatch, tmp_path)
+    assert cfg["arch"]["name"] == "resnext101_32x4d" and cfg["arch"]["pretrained"] is False
+    assert cfg["loader"]["batch_size"] == 128 and cfg["loader"]["crop_frames"] == 150
+    assert cfg["optimizer"] == {"lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+    assert cfg["scheduler"] == {"cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7}
+    assert cfg["trainer"]["max_epochs"] == 60 and cfg["trainer"]["accumulate"] == {5: 2, 25: 3}
+    assert cfg["early_stopping"] == {"monitor": "val_acc1", "patience": 12, "min_delta": 0.01}
+    assert cfg["mixup"] == {"enabled": True, "prob": 0.7, "alpha": 3.0}
+    assert cfg["retrain"] == {"max_epochs": 10, "min_epochs": 2, "patience": 6}
+    assert cfg["features"]["n_fft"] == 1764 and cfg["features"]["hop_length"] == 220
+    assert cfg["predict"]["tta"] == 5 and cfg["folds"]["n_splits"] == 5
+
+
+def test_the_design_card_sweep_gives_ten_distinct_job_dirs(monkeypatch, tmp_path):
+    dirs = set()
+    for arch, fold in itertools.product(["resnext101_32x4d", "resnet50"], range(5)):
+        cfg = _compose([f"arch={arch}", f"fold={fold}", "data=fsdkaggle2018"], monkeypatch, tmp_path)
+        assert cfg["job_dir"] == f"{tmp_path}/multirun/fsdkaggle2018/{arch}/none/fold_{fold}"
+        dirs.add(cfg["job_dir"])
+    assert len(dirs) == 10
+    r = _compose(["arch=resnet50", "aug=specmask_concat", "fold=1", "stage=retrain_val"], monkeypatch, tmp_path)
+    assert r["job_dir"].endswith("multirun/demo/resnet50/specmask_concat/fold_1_r")
+    assert r["stage"]["parent"].endswith("multirun/demo/resnet50/specmask_concat/fold_1")
+    assert r["aug"]["specmask_concat"] is True and r["aug"]["time_mask"] == 30 and r["aug"]["freq_mask"] == 15
+
+
+def test_mlflow_uri_is_an_absolute_sqlite_file_unless_the_environment_says_otherwise(monkeypatch, tmp_path):
+    cfg = _compose([], monkeypatch, tmp_path)
+    assert cfg["mlflow"]["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+    assert cfg["mlflow"]["tracking_uri"].startswith("sqlite:////")
+    assert cfg["mlflow"]["artifact_location"] == f"{tmp_path}/mlartifacts"
+    env = _compose([], monkeypatch, tmp_path, env_uri="http://127.0.0.1:5999")
+    assert env["mlflow"]["tracking_uri"] == "http://127.0.0.1:5999"
+
+
+def test_fold_is_a_plain_integer_key(monkeypatch, tmp_path):
+    assert _compose(["fold=3"], monkeypatch, tmp_path)["fold"] == 3
+    with pytest.raises(Exception):
+        _compose(["arch=no_such_arch"], monkeypatch, tmp_path)
