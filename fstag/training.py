@@ -175,10 +175,10 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         (job_dir / MLFLOW_RUN_ID_FILE).unlink(missing_ok=True)
 
     pl.seed_everything(int(cfg.seed), workers=True)
+    fcfg, fkey, train_store, test_store = _open_features(cfg)  # first: its error says to run preprocess.py
     layout = DatasetLayout(Path(str(cfg.data.root)))
     train_df = read_train_csv(layout.train_csv)
     labels = labels_from_train(train_df)
-    fcfg, fkey, train_store, test_store = _open_features(cfg)
     df = load_or_create_folds(train_df, Path(str(cfg.data.features_dir)), int(cfg.folds.n_splits), int(cfg.folds.seed))
     if not 0 <= fold < int(cfg.folds.n_splits):
         raise TrainingSetupError(f"fold={fold} is out of range: folds.n_splits={cfg.folds.n_splits}")

@@ -205,3 +205,11 @@ def test_force_retrains_into_a_new_mlflow_run(demo_project):
     second = json.loads((job / "run.json").read_text())
     assert second["complete"] and second["mlflow_run_id"] != first
     assert MlflowClient(demo_project.tracking_uri).get_run(second["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_training_before_preprocessing_says_what_to_run(tmp_path):
+    from tests.conftest import Project, make_env
+
+    res = Project(root=tmp_path, env=make_env(tmp_path)).run("train.py", *TINY_TRAIN, check=False)
+    assert res.returncode != 0
+    assert "features for data=demo not found" in res.stderr and "python preprocess.py data=demo" in res.stderr
