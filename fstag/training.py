@@ -18,7 +18,7 @@ from fstag.datamodule import FoldDataModule, Rows
 from fstag.dataset_layout import DatasetLayout, labels_from_train, read_train_csv
 from fstag.folds import load_or_create_folds
 from fstag.inference import predict_probs
-from fstag.io_utils import save_npz_atomic, write_json_atomic, write_text_atomic
+from fstag.io_utils import atomic_path, save_npz_atomic, write_json_atomic, write_text_atomic
 from fstag.lit_module import TaggingModule
 from fstag.metrics import map_at_3, top1_accuracy
 from fstag.run_dir import (
@@ -50,7 +50,7 @@ def _open_features(cfg: DictConfig):
             f"features for data={cfg.data.name} not found in {fdir} ({exc}); "
             f"run `python preprocess.py data={cfg.data.name} data.root={cfg.data.root}` first"
         ) from exc
-    return fcfg, feature_key(fcfg), train_store, test_store
+    return feature_key(fcfg), train_store, test_store
 
 
 def _rows(df, store, labels: list[str], mask: np.ndarray, unverified_weight: float) -> Rows:
@@ -118,12 +118,15 @@ def _sweep_dir() -> str | None:
     return str(hc.sweep.dir) if str(hc.mode) == "RunMode.MULTIRUN" else None
 
 
+def _on_gpu(cfg: DictConfig) -> bool:
+    return torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+
+
 def _trainer(cfg: DictConfig, job_dir: Path, logger, max_epochs: int, min_epochs: int, patience: int) -> pl.Trainer:
     from pytorch_lightning.callbacks import EarlyStopping, GradientAccumulationScheduler, LearningRateMonitor, ModelCheckpoint
 
     t = cfg.trainer
-    on_gpu = torch.cuda.is_available() and t.accelerator in ("auto", "gpu", "cuda")
-    precision = t.precision or ("bf16-mixed" if on_gpu else "32-true")
+    precision = t.precision or ("bf16-mixed" if _on_gpu(cfg) else "32-true")
     ckpt_dir = job_dir / CHECKPOINT_DIR
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename=Path(BEST_CKPT).stem, monitor="val_acc1", mode="max",
@@ -175,7 +178,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         (job_dir / MLFLOW_RUN_ID_FILE).unlink(missing_ok=True)
 
     pl.seed_everything(int(cfg.seed), workers=True)
-    fcfg, fkey, train_store, test_store = _open_features(cfg)  # first: its error says to run preprocess.py
+    fkey, train_store, test_store = _open_features(cfg)  # first: its error says to run preprocess.py
     layout = DatasetLayout(Path(str(cfg.data.root)))
     train_df = read_train_csv(layout.train_csv)
     labels = labels_from_train(train_df)
@@ -210,7 +213,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         state = torch.load(parent.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
         log.info("retrain_val: starting from %s", parent.best_checkpoint)
-    on_gpu = torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda")
+    on_gpu = _on_gpu(cfg)
     if on_gpu and cfg.gpu.channels_last:
         module = module.to(memory_format=torch.channels_last)
     if on_gpu and cfg.gpu.compile:
@@ -244,8 +247,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         save_npz_atomic(job_dir / OOF_NPZ, fnames=np.array(val_fnames), probs=oof_probs, targets=oof_targets)
         oof_source = str(job_dir)
     else:
-        shutil.copyfile(parent.path / OOF_NPZ, job_dir / (OOF_NPZ + ".tmp"))
-        (job_dir / (OOF_NPZ + ".tmp")).replace(job_dir / OOF_NPZ)
+        with atomic_path(job_dir / OOF_NPZ) as tmp:
+            shutil.copyfile(parent.path / OOF_NPZ, tmp)
         oof = parent.oof()
         oof_probs, oof_targets = oof.probs, oof.targets
         oof_source = str(parent.path)
