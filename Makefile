@@ -21,6 +21,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	# system headers): install it without dependencies.
 	$(BIN)/pip install --no-deps "tinysoundfont==0.3.7"
 	$(BIN)/pip install -e ".[test]" $(TORCH)
+	# hydra-optuna-sweeper (hparams_search=...) declares optuna<3, which predates SQLAlchemy 2 and
+	# Python 3.11 wheels; it runs on the optuna>=3.6 that setup.cfg installs: without its dependencies.
+	$(BIN)/pip install --no-deps "hydra-optuna-sweeper>=1.2,<1.4"
 	touch $@
 
 # The main job: demo data -> features -> a 2-fold sweep -> retrain_val -> predictions -> blend.

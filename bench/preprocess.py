@@ -76,7 +76,7 @@ def ensure_clips(data_dir: Path, n_clips: int, seconds: float) -> list[str]:
 
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        generate_demo_dataset(data_dir, n_train=n_clips - 1, n_test=1, min_duration=0.93 * seconds,
+        generate_demo_dataset(data_dir, n_train=n_clips - 1, n_test=1, n_shifted=0, min_duration=0.93 * seconds,
                               max_duration=1.07 * seconds, median_duration=seconds, max_margin=0.5)
         marker.touch()
     return sorted(glob.glob(str(data_dir / "audio_*" / "*.wav")))

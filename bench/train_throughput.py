@@ -59,7 +59,7 @@ def machine(device: torch.device) -> str:
 
 def _module(arch: str, n_classes: int, device: torch.device) -> TaggingModule:
     return TaggingModule(
-        arch={"name": arch, "pretrained": False, "in_chans": 3, "input_bn": True},
+        arch={"name": arch, "pretrained": False, "in_chans": 3, "input_norm": "bn"},
         labels=[f"c{i}" for i in range(n_classes)],
         optimizer={"lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4},
         scheduler={"cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7},

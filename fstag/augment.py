@@ -16,16 +16,27 @@ def _randint(high: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(0, high + 1, (1,), generator=generator))
 
 
+def silence_canvas(x: torch.Tensor, length: int) -> torch.Tensor:
+    """A (C, F, ``length``) canvas that reads as silence for ``x``'s features: the clip's own floor (its
+    lowest log-mel value) in channel 0, zero deltas in the others."""
+    out = x.new_zeros((*x.shape[:-1], length))
+    if x.numel():
+        out[0] = x[0].min()
+    return out
+
+
 def crop_or_pad(
-    x: torch.Tensor, length: int, *, random: bool, pad_value: float = 0.0, generator: torch.Generator | None = None
+    x: torch.Tensor, length: int, *, random: bool, pad_value: float | None = 0.0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Cut ``x`` (C, F, T) to ``length`` frames: a random (or the first) window of a longer clip, or the
-    clip placed at a random (or zero) offset in a ``pad_value`` canvas when shorter."""
+    clip placed at a random (or zero) offset in a ``pad_value`` canvas when shorter (``None``: a
+    :func:`silence_canvas`)."""
     t = x.shape[-1]
     if t >= length:
         start = _randint(t - length, generator) if random else 0
         return x[..., start : start + length]
-    out = x.new_full((*x.shape[:-1], length), pad_value)
+    out = silence_canvas(x, length) if pad_value is None else x.new_full((*x.shape[:-1], length), pad_value)
     offset = _randint(length - t, generator) if random else 0
     out[..., offset : offset + t] = x
     return out
@@ -68,7 +79,13 @@ def mixup_batch(
     return lam * x + (1.0 - lam) * x[perm], y, y[perm], w, w[perm], lam
 
 
-def training_transform(x: torch.Tensor, length: int, aug, pad_value: float = 0.0) -> torch.Tensor:
+def pad_value_of(loader) -> float | None:
+    """``loader.pad_value``: a number, or null/``floor`` for a :func:`silence_canvas`."""
+    value = loader.get("pad_value", 0.0)
+    return None if value is None or value == "floor" else float(value)
+
+
+def training_transform(x: torch.Tensor, length: int, aug, pad_value: float | None = 0.0) -> torch.Tensor:
     """The per-clip train-time input: specmask_concat (if ``aug.specmask_concat``), then random crop/pad."""
     if aug.get("specmask_concat"):
         x = specmask_concat(x, length, int(aug["time_mask"]), int(aug["freq_mask"]), float(aug["mask_value"]))

@@ -70,7 +70,7 @@ def shared_oof(oofs: list[Predictions], keys: list[str]) -> SharedOOF:
 
 @dataclass(frozen=True)
 class Families:
-    """Members grouped by what they are (``arch/aug/stage``) regardless of fold.
+    """Members grouped by what they are (``arch/aug/variant/stage``) regardless of fold.
 
     A 5-fold sweep gives each family one member per fold; each member's OOF rows are its own fold, so a
     family's OOF predictions cover every fold it was trained on, and families share those rows even
@@ -96,7 +96,7 @@ def group_families(infos: list[dict]) -> Families:
     keys: list[str] = []
     of_member = []
     for info in infos:
-        key = f"{info.get('arch')}/{info.get('aug')}/{info.get('stage', 'train')}"
+        key = f"{info.get('arch')}/{info.get('aug')}/{info.get('variant', 'default')}/{info.get('stage', 'train')}"
         if key not in keys:
             keys.append(key)
         of_member.append(keys.index(key))
@@ -116,7 +116,7 @@ def family_oof(oofs: list[Predictions], families: Families, member_keys: list[st
                 if fname in seen:
                     raise BlendError(
                         f"members {seen[fname]} and {key} of family {fkey} both hold OOF row {fname!r}: "
-                        "blend one member per fold of each arch/aug/stage"
+                        "blend one member per fold of each arch/aug/variant/stage"
                     )
                 seen[fname] = key
         out.append(Predictions(

@@ -19,6 +19,9 @@ def register_resolvers() -> None:
     """``${fstag.abspath:<path>}`` makes a path absolute against the current working directory."""
     if not OmegaConf.has_resolver("fstag.abspath"):
         OmegaConf.register_new_resolver("fstag.abspath", _abspath)
+    from fstag.job_identity import register_resolver  # ${fstag.variant:<stage>}
+
+    register_resolver()
 
 
 register_resolvers()

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fstag.augment import crop_or_pad, training_transform
+from fstag.augment import crop_or_pad, pad_value_of, training_transform
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,17 @@ class Rows:
     index: np.ndarray    # int64 positions in the FeatureStore
     targets: np.ndarray  # int64 class ids
     weights: np.ndarray  # float32 loss weights
+    verified: np.ndarray | None = None  # bool: manually verified label (None: all verified)
 
     def __len__(self) -> int:
         return len(self.index)
 
 
 class CropDataset(Dataset):
-    """(features cropped to ``length`` frames, target, weight); random crops + augmentation when training,
-    the first window (or left-aligned padding) otherwise."""
+    """(features cropped to ``length`` frames, target, weight, row, verified); random crops + augmentation
+    when training, the first window (or left-aligned padding) otherwise."""
 
-    def __init__(self, store, rows: Rows, length: int, train: bool, aug: Mapping[str, Any], pad_value: float = 0.0):
+    def __init__(self, store, rows: Rows, length: int, train: bool, aug: Mapping[str, Any], pad_value: float | None = 0.0):
         self.store, self.rows, self.length, self.train = store, rows, length, train
         self.aug, self.pad_value = dict(aug), pad_value
 
@@ -46,7 +47,8 @@ class CropDataset(Dataset):
             x = training_transform(x, self.length, self.aug, self.pad_value)
         else:
             x = crop_or_pad(x, self.length, random=False, pad_value=self.pad_value)
-        return x, int(self.rows.targets[i]), float(self.rows.weights[i])
+        verified = True if self.rows.verified is None else bool(self.rows.verified[i])
+        return x, int(self.rows.targets[i]), float(self.rows.weights[i]), i, verified
 
 
 def default_num_workers(on_gpu: bool) -> int:
@@ -65,7 +67,7 @@ class FoldDataModule(pl.LightningDataModule):
         self.pin_memory = on_gpu if pin is None else bool(pin)
 
     def _loader(self, rows: Rows, train: bool) -> DataLoader:
-        ds = CropDataset(self.store, rows, int(self.loader["crop_frames"]), train, self.aug, float(self.loader["pad_value"]))
+        ds = CropDataset(self.store, rows, int(self.loader["crop_frames"]), train, self.aug, pad_value_of(self.loader))
         return DataLoader(
             ds,
             batch_size=int(self.loader["batch_size"]),

@@ -21,6 +21,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _members(train_overrides: list[str], augs: list[str], folds: list[str], stages=("", "_r")) -> list[str]:
+    """Member names of the swept jobs: ``cnn_small/<aug>/fold_<k>[_r]``, with the variant of the training
+    overrides when there is one (``cnn_small/<aug>/<variant>/fold_<k>``), quoted for a Hydra list."""
+    from fstag.job_identity import DEFAULT_VARIANT, job_variant
+
+    root = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("data.root=")), None)
+    names = []
+    for x in augs:
+        for k in folds:
+            for s in stages:
+                variant = job_variant(train_overrides, "retrain_val" if s else "train", root)[0]
+                mid = "" if variant == DEFAULT_VARIANT else f"{variant}/"
+                names.append(f"'cnn_small/{x}/{mid}fold_{k}{s}'" if mid else f"cnn_small/{x}/fold_{k}{s}")
+    return names
+
+
 def _run(step: str, args: list[str]) -> list[str]:
     """Run one entry point, streaming its standard output; return the output's lines."""
     cmd = [sys.executable, str(REPO / step), *args]
@@ -52,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     _run("preprocess.py", common)
     _run("train.py", train)
     _run("train.py", [*train, "stage=retrain_val"])
-    _run("predict.py", [*common, f"runs=[{','.join(f'cnn_small/{x}/fold_{folds[0]}' for x in augs)}]"])
-    members = ",".join(f"cnn_small/{x}/fold_{k}{s}" for x in augs for k in folds for s in ("", "_r"))
+    jobs = [o for o in train if o != "-m"]
+    _run("predict.py", [*common, f"runs=[{','.join(_members(jobs, augs, folds[:1], ('',)))}]"])
+    members = ",".join(_members(jobs, augs, folds))
     blend_out = _run("blend.py", [*common, "blend=demo", f"blend.members=[{members}]"])
     root = Path(os.environ.get("FSTAG_ROOT", ".")).resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

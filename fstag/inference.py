@@ -16,7 +16,7 @@ from fstag.augment import crop_or_pad, specmask_concat
 from fstag.metrics import geometric_mean
 
 
-def tta_crop(x: torch.Tensor, pass_idx: int, clip_idx: int, length: int, aug: Mapping[str, Any], pad_value: float, seed: int) -> torch.Tensor:
+def tta_crop(x: torch.Tensor, pass_idx: int, clip_idx: int, length: int, aug: Mapping[str, Any], pad_value: float | None, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed((int(seed) * 1_000_003 + pass_idx * 7_919 + clip_idx) % (2**63 - 1))
     if pass_idx == 0:
         if aug.get("specmask_concat"):
@@ -32,7 +32,7 @@ def predict_probs(
     *,
     crop_frames: int,
     aug: Mapping[str, Any],
-    pad_value: float = 0.0,
+    pad_value: float | None = 0.0,
     n_passes: int = 5,
     seed: int = 1234,
     batch_size: int = 256,

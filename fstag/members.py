@@ -2,7 +2,9 @@
 
 A member spec is one of
 
-- a name ``<arch>/<aug>/fold_<k>[_r]``, looked up below ``<runs_dir>/<exp>``;
+- a name ``<arch>/<aug>/fold_<k>[_r]`` (the ``default`` variant) or ``<arch>/<aug>/<variant>/fold_<k>[_r]``
+  (a job trained with other overrides, e.g. ``cnn_small/none/optimizer.lr=0.05/fold_0``; quote it on the
+  command line: ``'runs=["cnn_small/none/optimizer.lr=0.05/fold_0"]'``), looked up below ``<runs_dir>/<exp>``;
 - a path to a run directory (absolute, or relative to the working directory);
 - an MLflow run id (32 hex characters) of a run made by train.py: its tag ``fstag.run_dir`` names the
   run directory.
@@ -16,10 +18,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from fstag.job_identity import DEFAULT_VARIANT
 from fstag.run_dir import MLFLOW_RUN_DIR_TAG as RUN_DIR_TAG
 from fstag.run_dir import OOF_NPZ, TEST_NPZ, RunDir, RunDirError
 
 _MLFLOW_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
+_SHORT_NAME = re.compile(r"[^/]+/[^/]+/fold_\d+(_r)?")  # <arch>/<aug>/fold_<k>[_r]: the default variant
 
 
 class MemberError(ValueError):
@@ -60,6 +64,10 @@ def _candidates(spec: str, runs_root: Path) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_absolute():
         return [path]
+    if _SHORT_NAME.fullmatch(spec):
+        arch, aug, job = spec.split("/")
+        # then the layout before variants existed (<arch>/<aug>/fold_<k>)
+        return [runs_root / arch / aug / DEFAULT_VARIANT / job, runs_root / path, path.resolve()]
     return [runs_root / path, path.resolve()]
 
 
@@ -80,10 +88,14 @@ def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str) -> RunDi
 
 
 def _key(run: RunDir, runs_root: Path) -> str:
+    """The member's path below ``runs_root`` (``default/`` left out, as in its short name)."""
     try:
-        return run.path.resolve().relative_to(runs_root.resolve()).as_posix()
+        parts = run.path.resolve().relative_to(runs_root.resolve()).parts
     except ValueError:
         return run.path.resolve().as_posix().lstrip("/")
+    if len(parts) == 4 and parts[2] == DEFAULT_VARIANT:
+        parts = parts[:2] + parts[3:]
+    return "/".join(parts)
 
 
 def _problems(members: list[Member]) -> list[str]:

@@ -60,20 +60,47 @@ def cnn_small(pretrained: bool = False, **kwargs) -> SmallCNN:
     return SmallCNN(**kwargs)
 
 
-class TaggingNet(nn.Module):
-    """A timm backbone behind an input BatchNorm over the 3 feature channels (log-mel, delta, delta2).
+INPUT_NORMS = ("bn", "band_stats", "none")
 
-    The channels differ in scale by orders of magnitude (dB vs. dB/frame); the input BN puts them on a
-    common scale for backbones trained from scratch and for ImageNet-pretrained ones alike.
+
+class TaggingNet(nn.Module):
+    """A timm backbone behind an input normalisation of the 3 feature channels (log-mel, delta, delta2).
+
+    The channels differ in scale by orders of magnitude (dB vs. dB/frame). ``input_norm``:
+
+    - ``bn``: an input BatchNorm over the channels (the seed's; learned, batch statistics);
+    - ``band_stats``: fixed per-channel, per-mel-band standardisation with the training split's mean and
+      std (``band_stats = {"mean": (C, F), "std": (C, F)}``, kept as buffers, so a checkpoint carries them);
+    - ``none``.
     """
 
-    def __init__(self, backbone: nn.Module, in_chans: int = 3, input_bn: bool = True):
+    def __init__(self, backbone: nn.Module, in_chans: int = 3, input_norm: str = "bn",
+                 band_stats: Mapping[str, Any] | None = None):
         super().__init__()
-        self.input_bn = nn.BatchNorm2d(in_chans) if input_bn else nn.Identity()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"arch.input_norm={input_norm!r}: choose one of {INPUT_NORMS}")
+        self.input_norm = input_norm
+        self.input_bn = nn.BatchNorm2d(in_chans) if input_norm == "bn" else nn.Identity()
+        if input_norm == "band_stats":
+            if not band_stats:
+                raise ValueError("arch.input_norm=band_stats needs the training split's band statistics")
+            mean = torch.as_tensor(band_stats["mean"], dtype=torch.float32)
+            std = torch.as_tensor(band_stats["std"], dtype=torch.float32).clamp_min(1e-3)
+            self.register_buffer("band_mean", mean[:, :, None])
+            self.register_buffer("band_std", std[:, :, None])
         self.backbone = backbone
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_norm == "band_stats":
+            return (x - self.band_mean) / self.band_std
+        return self.input_bn(x)
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of already normalised inputs (training applies its augmentations in between)."""
+        return self.backbone(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.input_bn(x))
+        return self.classify(self.normalize(x))
 
 
 @contextlib.contextmanager
@@ -119,9 +146,14 @@ def _create_pretrained(name: str, num_classes: int, in_chans: int, download_time
         ) from exc
 
 
-def build_model(arch: Mapping[str, Any], num_classes: int) -> TaggingNet:
+def input_norm_of(arch: Mapping[str, Any]) -> str:
+    """``arch.input_norm``; configs and checkpoints from before it existed say ``input_bn``."""
+    return str(arch.get("input_norm") or ("bn" if arch.get("input_bn", True) else "none"))
+
+
+def build_model(arch: Mapping[str, Any], num_classes: int, band_stats: Mapping[str, Any] | None = None) -> TaggingNet:
     """Build ``TaggingNet`` from an ``arch`` config (keys: name, pretrained, pretrained_path, in_chans,
-    input_bn, drop_rate, download_timeout_s, kwargs)."""
+    input_norm, drop_rate, download_timeout_s, kwargs)."""
     name = str(arch["name"])
     in_chans = int(arch.get("in_chans", 3))
     kwargs = dict(arch.get("kwargs") or {})
@@ -144,4 +176,4 @@ def build_model(arch: Mapping[str, Any], num_classes: int) -> TaggingNet:
         missing, _ = backbone.load_state_dict(state, strict=False)
         if len(missing) > 4:
             raise PretrainedWeightsUnavailable(f"arch.pretrained_path={path}: {len(missing)} keys missing for {name}")
-    return TaggingNet(backbone, in_chans=in_chans, input_bn=bool(arch.get("input_bn", True)))
+    return TaggingNet(backbone, in_chans=in_chans, input_norm=input_norm_of(arch), band_stats=band_stats)

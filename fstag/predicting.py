@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fstag.augment import pad_value_of
 from fstag.config import to_plain
 from fstag.dataset_layout import DatasetLayout
 from fstag.inference import predict_probs
@@ -110,7 +111,7 @@ def run_predict(cfg: DictConfig) -> Path:
         module = load_module(run).to(device)
         per_run.append(predict_probs(
             module.model, clips, crop_frames=int(rc.loader.crop_frames), aug=to_plain(rc.aug),
-            pad_value=float(rc.loader.pad_value), n_passes=int(cfg.tta), seed=int(cfg.seed),
+            pad_value=pad_value_of(rc.loader), n_passes=int(cfg.tta), seed=int(cfg.seed),
             batch_size=int(cfg.batch_size), device=device, num_classes=len(first.labels)))
     probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
     elapsed = time.perf_counter() - t0

@@ -1,11 +1,13 @@
 """The on-disk contract of one training job's directory, shared by train.py, predict.py and blend.py.
 
-A job directory (``<runs_root>/<exp>/<arch>/<aug>/fold_<k>[_r]``) holds:
+A job directory (``<runs_root>/<exp>/<arch>/<aug>/<variant>/fold_<k>[_r]``; the variant is ``default`` or
+the job's other overrides, see fstag.job_identity) holds:
 
 - ``config.yaml``   the job's resolved config (Hydra's own copy is under ``.hydra/``)
+- ``identity.json`` the config digest that decides whether a rerun may reuse the directory
 - ``checkpoints/best.ckpt`` (best by val_acc1) and ``checkpoints/last.ckpt``
-- ``run.json``      identity: arch, aug, fold, stage, name, labels, feature key and config, MLflow ids,
-                    best val_acc1, ``complete``
+- ``run.json``      identity: arch, aug, fold, stage, variant, name, labels, feature key and config, MLflow
+                    ids, best val_acc1 and the best epoch's validation metrics, ``complete``
 - ``oof.npz``       out-of-fold predictions: ``fnames``, ``probs`` (N, C) float32, ``targets`` (N,) int64.
                     A retrain_val job trained on its fold, so it carries its parent's OOF (``oof_source``
                     in run.json says so).
@@ -41,13 +43,14 @@ def job_name(fold: int, stage: str) -> str:
     return f"fold_{int(fold)}" + ("_r" if stage == "retrain_val" else "")
 
 
-def job_relpath(arch: str, aug: str, fold: int, stage: str) -> Path:
-    """Where a job lives below ``<runs_root>/<exp>``: ``<arch>/<aug>/fold_<k>[_r]``."""
-    return Path(arch) / aug / job_name(fold, stage)
+def job_relpath(arch: str, aug: str, fold: int, stage: str, variant: str = "default") -> Path:
+    """Where a job lives below ``<runs_root>/<exp>``: ``<arch>/<aug>/<variant>/fold_<k>[_r]``."""
+    return Path(arch) / aug / variant / job_name(fold, stage)
 
 
-def mlflow_run_name(arch: str, aug: str, fold: int, stage: str) -> str:
-    return f"{arch}/{aug}/{job_name(fold, stage)}"
+def mlflow_run_name(arch: str, aug: str, fold: int, stage: str, variant: str = "default") -> str:
+    """``<arch>/<aug>/<variant>/fold_<k>[_r]``: the job's path below its experiment folder."""
+    return f"{arch}/{aug}/{variant}/{job_name(fold, stage)}"
 
 
 @dataclass

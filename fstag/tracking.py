@@ -9,7 +9,9 @@ from typing import Any, Mapping
 
 log = logging.getLogger(__name__)
 
-PARENT_RUN_FILE = "mlflow_parent_run_id"
+# The MLflow parent run of the sweep a job belongs to; set in the job's process by
+# fstag.callbacks.MlflowSweepCallback.on_job_start (each launch has its own parent).
+PARENT_RUN_ENV = "FSTAG_MLFLOW_PARENT_RUN_ID"
 MAX_PARAM_LEN = 6000
 
 
@@ -53,9 +55,6 @@ def log_params_flat(client, run_id: str, params: Mapping[str, Any]) -> None:
         client.log_batch(run_id, params=items[i : i + 100])
 
 
-def read_parent_run_id(sweep_dir: str | os.PathLike | None) -> str | None:
-    """The parent run of a multirun, written by :class:`fstag.callbacks.MlflowSweepCallback`."""
-    if not sweep_dir:
-        return None
-    p = Path(sweep_dir) / PARENT_RUN_FILE
-    return p.read_text().strip() if p.is_file() else None
+def parent_run_id() -> str | None:
+    """The parent run of the sweep this job runs in (None outside a multirun)."""
+    return os.environ.get(PARENT_RUN_ENV) or None

@@ -3,6 +3,7 @@ best checkpoint by val_acc1, then OOF and TTA test predictions in the job direct
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -13,11 +14,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from fstag.augment import pad_value_of
 from fstag.config import flatten, to_plain
 from fstag.datamodule import FoldDataModule, Rows
 from fstag.dataset_layout import DatasetLayout, labels_from_train, read_train_csv
 from fstag.folds import load_or_create_folds
 from fstag.inference import predict_probs
+from fstag.job_identity import check_reuse, differing_keys, format_diff, identity, job_variant, task_overrides, write_identity
 from fstag.io_utils import atomic_path, save_npz_atomic, write_json_atomic, write_text_atomic
 from fstag.lit_module import TaggingModule
 from fstag.metrics import map_at_3, top1_accuracy
@@ -26,7 +29,7 @@ from fstag.run_dir import (
     RunDirError,
     job_name, mlflow_run_name,
 )
-from fstag.tracking import ensure_experiment, log_params_flat, read_parent_run_id
+from fstag.tracking import ensure_experiment, log_params_flat, parent_run_id
 
 log = logging.getLogger(__name__)
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"
@@ -34,6 +37,66 @@ MLFLOW_RUN_ID_FILE = "mlflow_run_id"
 
 class TrainingSetupError(RuntimeError):
     """A job cannot start (missing features, parent checkpoint, ...); the message says what was looked for."""
+
+
+class _BestEpochMetrics(pl.Callback):
+    """The validation metrics of the epoch the best checkpoint comes from (the best by ``monitor``, as
+    ModelCheckpoint picks it: strictly better). Saved in checkpoints, so a resumed job keeps them."""
+
+    def __init__(self, monitor: str = "val_acc1"):
+        self.monitor, self.metrics = monitor, {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_") and torch.as_tensor(v).numel() == 1}
+        cur, best = m.get(self.monitor), self.metrics.get(self.monitor)
+        if cur is not None and np.isfinite(cur) and (best is None or cur > best):
+            self.metrics = m
+
+    def state_dict(self) -> dict:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict) -> None:
+        self.metrics = dict(state_dict.get("metrics", {}))
+
+
+def _mlflow_logger_class():
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    class ParamsOnceMLFlowLogger(MLFlowLogger):
+        """The job logs its resolved config once as '.'-separated params; Lightning's hyper-parameter
+        logging (the module's hparams, '/'-flattened) would duplicate them under other names."""
+
+        def log_hyperparams(self, params) -> None:
+            return None
+
+    return ParamsOnceMLFlowLogger
+
+
+def state_digest(state_dict: dict) -> str:
+    """sha256 over a state dict's tensors in key order (which weights a retrain_val job started from)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _previous_init_from(job_dir: Path):
+    """A resumed retrain_val job started from its parent earlier: keep what the first start recorded."""
+    p = job_dir / "init_from.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def optimized_value(info: dict, metric: str) -> float:
+    """The value train.py returns: ``best_<metric>`` of a finished job's run.json (NaN when absent)."""
+    value = (info.get("best_metrics") or {}).get(str(metric))
+    if value is None and str(metric) == "val_acc1":
+        value = info.get("best_val_acc1")
+    return float("nan") if value is None else float(value)
 
 
 def _open_features(cfg: DictConfig):
@@ -60,19 +123,29 @@ def _rows(df, store, labels: list[str], mask: np.ndarray, unverified_weight: flo
         index=np.array([store.index_of(f) for f in sub["fname"]], dtype=np.int64),
         targets=np.array([lab[l] for l in sub["label"]], dtype=np.int64),
         weights=np.where(sub["manually_verified"].to_numpy(), 1.0, unverified_weight).astype(np.float32),
+        verified=sub["manually_verified"].to_numpy().astype(bool),
     )
 
 
-def _parent_run(cfg: DictConfig, labels: list[str], fkey: str) -> RunDir:
+def _parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> RunDir:
     parent_dir = Path(str(cfg.stage.parent))
     try:
         parent = RunDir.open(parent_dir)
     except RunDirError as exc:
+        _, items = job_variant(task_overrides(), "train", str(cfg.data.root))
+        extra = "".join(f" {i}" for i in items if "@" not in i)
         raise TrainingSetupError(
-            f"stage=retrain_val needs the train run of arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}: "
-            f"looked for {parent_dir / RUN_JSON} and {parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
-            f"Train it first: python train.py arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}"
+            f"stage=retrain_val needs the train run of arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold} "
+            f"(variant {parent_dir.parent.name}): looked for {parent_dir / RUN_JSON} and "
+            f"{parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
+            f"Train it first: python train.py arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}{extra}"
         ) from exc
+    saved = (parent.info.get("identity") or {})
+    diff = differing_keys(saved, ident, ignore=("stage", "retrain")) if saved else []
+    if diff:
+        raise TrainingSetupError(
+            f"parent run {parent_dir} was trained with another config: {format_diff(diff)}; retrain it, "
+            "or retrain_val with the settings it was trained with")
     if not parent.complete or not parent.best_checkpoint.is_file():
         raise TrainingSetupError(f"parent run {parent_dir} is not complete (no {parent.best_checkpoint}); finish it first")
     if parent.labels != labels or parent.feature_key != fkey:
@@ -80,9 +153,8 @@ def _parent_run(cfg: DictConfig, labels: list[str], fkey: str) -> RunDir:
     return parent
 
 
-def _mlflow_logger(cfg: DictConfig, job_dir: Path, run_name: str):
+def _mlflow_logger(cfg: DictConfig, job_dir: Path, run_name: str, variant: str, items: list[str]):
     from mlflow.tracking import MlflowClient
-    from pytorch_lightning.loggers import MLFlowLogger
 
     uri = str(cfg.mlflow.tracking_uri)
     exp_id = ensure_experiment(uri, str(cfg.mlflow.experiment), str(cfg.mlflow.artifact_location))
@@ -96,8 +168,12 @@ def _mlflow_logger(cfg: DictConfig, job_dir: Path, run_name: str):
             run_id = None
     if not run_id:
         tags = {MLFLOW_RUN_DIR_TAG: str(job_dir), "fstag.arch": str(cfg.arch.name), "fstag.aug": str(cfg.aug.name),
-                "fstag.fold": str(cfg.fold), "fstag.stage": str(cfg.stage.name)}
-        parent = read_parent_run_id(_sweep_dir())
+                "fstag.fold": str(cfg.fold), "fstag.stage": str(cfg.stage.name), "fstag.variant": variant,
+                "fstag.exp": str(cfg.exp)}
+        # each variant override as a tag (and, through the flat config below, as a param of that name)
+        tags.update({f"fstag.override.{i.split('=', 1)[0]}": (i.split("=", 1) + [""])[1] for i in items if "=" in i})
+        tags.update({"fstag.override.data": i.split("@", 1)[1] for i in items if i.startswith("data@")})
+        parent = parent_run_id()
         if parent:
             tags["mlflow.parentRunId"] = parent
         run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
@@ -105,17 +181,8 @@ def _mlflow_logger(cfg: DictConfig, job_dir: Path, run_name: str):
         log_params_flat(client, run_id, flatten(to_plain(cfg)))
     else:
         client.update_run(run_id, status="RUNNING")
-    logger = MLFlowLogger(experiment_name=str(cfg.mlflow.experiment), tracking_uri=uri, run_id=run_id)
+    logger = _mlflow_logger_class()(experiment_name=str(cfg.mlflow.experiment), tracking_uri=uri, run_id=run_id)
     return logger, client, run_id
-
-
-def _sweep_dir() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    hc = HydraConfig.get()
-    return str(hc.sweep.dir) if str(hc.mode) == "RunMode.MULTIRUN" else None
 
 
 def _on_gpu(cfg: DictConfig) -> bool:
@@ -137,6 +204,7 @@ def _trainer(cfg: DictConfig, job_dir: Path, logger, max_epochs: int, min_epochs
         EarlyStopping(monitor=str(cfg.early_stopping.monitor), mode="max", patience=patience,
                       min_delta=float(cfg.early_stopping.min_delta)),
         LearningRateMonitor(logging_interval="epoch"),
+        _BestEpochMetrics("val_acc1"),
     ]
     accumulate = {int(k): int(v) for k, v in (to_plain(t.accumulate) or {}).items()}
     if accumulate:
@@ -155,10 +223,28 @@ def _predict(module: TaggingModule, store, fnames: list[str], cfg: DictConfig, d
     missing = [f for f, c in zip(fnames, clips) if c is None]
     probs = predict_probs(
         module.model.to(device), clips, crop_frames=int(cfg.loader.crop_frames), aug=to_plain(cfg.aug),
-        pad_value=float(cfg.loader.pad_value), n_passes=int(cfg.predict.tta), seed=int(cfg.predict.seed),
+        pad_value=pad_value_of(cfg.loader), n_passes=int(cfg.predict.tta), seed=int(cfg.predict.seed),
         batch_size=int(cfg.predict.batch_size), device=device, num_classes=len(module.labels),
     )
     return probs, missing
+
+
+def _build_module(cfg: DictConfig, labels: list[str], train_store) -> TaggingModule:
+    """The LightningModule of the job's recipe; band statistics (arch.input_norm=band_stats) come from
+    the feature cache's train split and travel in the checkpoint's hyper-parameters."""
+    from fstag.band_stats import load_or_compute_band_stats
+    from fstag.batch_aug import frame_rate_of
+    from fstag.models import input_norm_of
+
+    arch = to_plain(cfg.arch)
+    stats = load_or_compute_band_stats(train_store, train_store.path.parent) if input_norm_of(arch) == "band_stats" else None
+    aug = to_plain(cfg.aug)
+    return TaggingModule(
+        arch=arch, labels=labels, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
+        mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu), loss=to_plain(cfg.get("loss")),
+        specaug=to_plain(cfg.get("specaug")), recording=aug.get("recording"), mixstyle=to_plain(cfg.get("mixstyle")),
+        noise=to_plain(cfg.get("noise")), band_stats=stats, frame_rate=frame_rate_of(to_plain(cfg.features)),
+    )
 
 
 def run_training(cfg: DictConfig) -> dict[str, Any]:
@@ -166,6 +252,12 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     job_dir = Path(str(cfg.job_dir))
     job_dir.mkdir(parents=True, exist_ok=True)
     stage, fold = str(cfg.stage.name), int(cfg.fold)
+    variant, items = job_variant(task_overrides(), stage, str(cfg.data.root))
+    if variant != job_dir.parent.name:
+        log.warning("job_dir %s does not end in the variant %s/fold_<k> of this job", job_dir, variant)
+    ident = identity(cfg)
+    if not cfg.force:
+        check_reuse(job_dir, ident)  # JobConfigMismatch names the differing keys
     existing = job_dir / RUN_JSON
     if existing.is_file() and not cfg.force:
         info = RunDir.open(job_dir).info
@@ -194,8 +286,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     verified = df["manually_verified"].to_numpy(dtype=bool)
     use_unver = bool(cfg.data.use_unverified)
     uw = float(cfg.data.unverified_weight)
+    write_identity(job_dir, ident, variant, items)
     if stage == "retrain_val":
-        parent = _parent_run(cfg, labels, fkey)
+        parent = _parent_run(cfg, labels, fkey, ident)
         train_mask, val_mask = in_fold & (verified | use_unver), ~in_fold
         max_epochs, min_epochs, patience = int(cfg.retrain.max_epochs), int(cfg.retrain.min_epochs), int(cfg.retrain.patience)
     else:
@@ -205,13 +298,15 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     train_rows = _rows(df, train_store, labels, train_mask, uw)
     val_rows = _rows(df, train_store, labels, val_mask, uw)
 
-    module = TaggingModule(arch=to_plain(cfg.arch), labels=labels, optimizer=to_plain(cfg.optimizer),
-                           scheduler=to_plain(cfg.scheduler), mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu))
+    module = _build_module(cfg, labels, train_store)
+    init_from = None
     last = job_dir / CHECKPOINT_DIR / LAST_CKPT
     resume_from = str(last) if cfg.resume and last.is_file() else None
     if parent is not None and resume_from is None:
         state = torch.load(parent.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
+        init_from = {"checkpoint": str(parent.best_checkpoint), "state_sha256": state_digest(state)}
+        write_json_atomic(job_dir / "init_from.json", init_from)
         log.info("retrain_val: starting from %s", parent.best_checkpoint)
     on_gpu = _on_gpu(cfg)
     if on_gpu and cfg.gpu.channels_last:
@@ -220,8 +315,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         module.model = torch.compile(module.model)
     dm = FoldDataModule(train_store, train_rows, val_rows, to_plain(cfg.loader), to_plain(cfg.aug), on_gpu)
 
-    run_name = mlflow_run_name(str(cfg.arch.name), str(cfg.aug.name), fold, stage)
-    logger, client, run_id = _mlflow_logger(cfg, job_dir, run_name)
+    run_name = mlflow_run_name(str(cfg.arch.name), str(cfg.aug.name), fold, stage, variant)
+    logger, client, run_id = _mlflow_logger(cfg, job_dir, run_name, variant, items)
+    # a job that fails from here on leaves its MLflow run FAILED: fstag.callbacks.MlflowSweepCallback.on_job_end
     write_text_atomic(job_dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     log.info("%s: %d train rows, %d val rows, %d classes%s", run_name, len(train_rows), len(val_rows), len(labels),
              f" (resuming from {resume_from})" if resume_from else "")
@@ -233,6 +329,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     module.load_state_dict(ckpt["state_dict"])
     best_score = trainer.checkpoint_callback.best_model_score  # the first ModelCheckpoint: val_acc1
     best_acc = float(best_score) if best_score is not None else float("nan")
+    best_metrics = next((c.metrics for c in trainer.callbacks if isinstance(c, _BestEpochMetrics)), {})
     device = torch.device("cuda" if on_gpu else "cpu")
 
     test_fnames = layout.split_fnames("test")
@@ -256,6 +353,8 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
     info = {
         "name": job_name(fold, stage), "arch": str(cfg.arch.name), "aug": str(cfg.aug.name), "fold": fold, "stage": stage,
+        "variant": variant, "overrides": items, "identity": ident, "best_metrics": best_metrics,
+        "init_from": init_from if init_from is not None else (_previous_init_from(job_dir) if parent is not None else None),
         "labels": labels, "feature_key": fkey, "features": to_plain(cfg.features), "data_name": str(cfg.data.name),
         "data_root": str(cfg.data.root), "mlflow_run_id": run_id, "mlflow_tracking_uri": str(cfg.mlflow.tracking_uri),
         "best_val_acc1": best_acc, "oof_map3": oof_map3, "oof_acc1": oof_acc1, "oof_source": oof_source,
@@ -263,6 +362,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(job_dir / RUN_JSON, info)
     client.log_metric(run_id, "best_val_acc1", best_acc)
+    for k, v in best_metrics.items():  # the best epoch's validation metrics: best_val_map3, ...
+        if k != "val_acc1" and np.isfinite(v):
+            client.log_metric(run_id, f"best_{k}", v)
     client.log_metric(run_id, "oof_map3", oof_map3)
     client.log_metric(run_id, "oof_acc1", oof_acc1)
     for name in (RUN_JSON, CONFIG_YAML, OOF_NPZ, TEST_NPZ):

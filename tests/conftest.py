@@ -13,12 +13,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny demo set: 3 train clips per class of the default label set, short clips.
-TINY_DEMO = ["data.demo.n_train=63", "data.demo.n_test=12", "data.demo.max_duration=4.0", "data.demo.seed=7"]
-# Training overrides that keep a job to a few seconds on 2 CPU cores.
-TINY_TRAIN = [
-    "experiment=demo", "trainer.max_epochs=2", "retrain.max_epochs=2", "retrain.min_epochs=1",
+TINY_DEMO = ["data.demo.n_train=63", "data.demo.n_test=12", "data.demo.n_shifted=0", "data.demo.max_duration=4.0", "data.demo.seed=7"]
+# Training settings that keep a job to a few seconds on 2 CPU cores, as overrides ...
+TINY_OVERRIDES = [
+    "trainer.max_epochs=2", "retrain.max_epochs=2", "retrain.min_epochs=1",
     "loader.batch_size=16", "predict.tta=2", "trainer.enable_progress_bar=false",
 ]
+# ... and as a preset (tests/conf/experiment/tiny.yaml, found through hydra.searchpath): the jobs keep the `default` variant, so their
+# names are <arch>/<aug>/fold_<k> (overrides would name them <arch>/<aug>/<the overrides>/fold_<k>).
+TEST_CONF = Path(__file__).resolve().parent / "conf"
+TINY_TRAIN = [f"hydra.searchpath=[file://{TEST_CONF}]", "experiment=tiny"]
 
 
 @dataclass

@@ -132,7 +132,7 @@ def world(tmp_path):
             for stage in ("train", "retrain_val"):
                 test = Predictions(test_fnames[::-1], noisy_probs(test_y[::-1], signal / 2, rng))
                 path = make_run(tmp_path, arch, aug, fold, stage, oof, test)
-                runs[path.relative_to(tmp_path / "multirun" / EXP).as_posix()] = path
+                runs[path.relative_to(tmp_path / "multirun" / EXP).as_posix().replace("/default/", "/")] = path  # by member name
     return tmp_path, runs
 
 
@@ -239,7 +239,7 @@ def test_families_share_oof_rows_across_folds_and_split_their_weight():
             oofs.append(Predictions([fnames[i] for i in rows], noisy_probs(y[rows], signal, rng, scale=2.0), y[rows]))
             keys.append(f"{arch}/none/fold_{k}")
     fams = group_families(infos)
-    assert fams.keys == ["good/none/train", "noise/none/train"] and fams.of_member == [0, 0, 1, 1]
+    assert fams.keys == ["good/none/default/train", "noise/none/default/train"] and fams.of_member == [0, 0, 1, 1]
     shared = shared_oof(family_oof(oofs, fams, keys), fams.keys)
     assert len(shared.fnames) == 80  # single members share no row, their families share all of them
     fw = fit_weights(shared.probs, shared.targets)
@@ -412,4 +412,4 @@ def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):
     assert 0 <= metrics["test_map3"] <= 1
     validate_submission(root / "submissions" / "demo.csv", root / "data" / "demo" / "sample_submission.csv", LABELS)
     saved = (tmp_path / "out" / "config.yaml").read_text()
-    assert "- 0.25\n" in saved and str(root / "multirun" / EXP / "cnn_small/none/fold_0_r") in saved
+    assert "- 0.25\n" in saved and str(root / "multirun" / EXP / "cnn_small/none/default/fold_0_r") in saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -26,8 +27,10 @@ def test_defaults_are_the_seeds(monkeypatch, tmp_path):
     cfg = _compose([], monkeypatch, tmp_path)
     assert cfg["arch"]["name"] == "resnext101_32x4d" and cfg["arch"]["pretrained"] is False
     assert cfg["loader"]["batch_size"] == 128 and cfg["loader"]["crop_frames"] == 150
-    assert cfg["optimizer"] == {"lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
-    assert cfg["scheduler"] == {"cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7}
+    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
+    assert cfg["scheduler"] == {"name": "seed", "cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7}
+    assert cfg["arch"]["input_norm"] == "bn" and cfg["loss"]["label_smoothing"] == 0.0 and cfg["noise"]["name"] == "none"
+    assert not cfg["specaug"]["enabled"] and not cfg["mixstyle"]["enabled"] and cfg["loader"]["pad_value"] == 0.0
     assert cfg["trainer"]["max_epochs"] == 60 and cfg["trainer"]["accumulate"] == {5: 2, 25: 3}
     assert cfg["early_stopping"] == {"monitor": "val_acc1", "patience": 12, "min_delta": 0.01}
     assert cfg["mixup"] == {"enabled": True, "prob": 0.7, "alpha": 3.0}
@@ -40,12 +43,12 @@ def test_the_design_card_sweep_gives_ten_distinct_job_dirs(monkeypatch, tmp_path
     dirs = set()
     for arch, fold in itertools.product(["resnext101_32x4d", "resnet50"], range(5)):
         cfg = _compose([f"arch={arch}", f"fold={fold}", "data=fsdkaggle2018"], monkeypatch, tmp_path)
-        assert cfg["job_dir"] == f"{tmp_path}/multirun/fsdkaggle2018/{arch}/none/fold_{fold}"
+        assert cfg["job_dir"] == f"{tmp_path}/multirun/fsdkaggle2018/{arch}/none/default/fold_{fold}"
         dirs.add(cfg["job_dir"])
     assert len(dirs) == 10
     r = _compose(["arch=resnet50", "aug=specmask_concat", "fold=1", "stage=retrain_val"], monkeypatch, tmp_path)
-    assert r["job_dir"].endswith("multirun/demo/resnet50/specmask_concat/fold_1_r")
-    assert r["stage"]["parent"].endswith("multirun/demo/resnet50/specmask_concat/fold_1")
+    assert r["job_dir"].endswith("multirun/demo/resnet50/specmask_concat/default/fold_1_r")
+    assert r["stage"]["parent"].endswith("multirun/demo/resnet50/specmask_concat/default/fold_1")
     assert r["aug"]["specmask_concat"] is True and r["aug"]["time_mask"] == 30 and r["aug"]["freq_mask"] == 15
 
 
@@ -62,3 +65,46 @@ def test_fold_is_a_plain_integer_key(monkeypatch, tmp_path):
     assert _compose(["fold=3"], monkeypatch, tmp_path)["fold"] == 3
     with pytest.raises(Exception):
         _compose(["arch=no_such_arch"], monkeypatch, tmp_path)
+
+
+def _job_paths(overrides, monkeypatch, root):
+    """job_dir, stage.parent and Hydra's run and sweep dirs as a real job resolves them (hydra node kept)."""
+    monkeypatch.setenv("FSTAG_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    sweep = f"{cfg.hydra.sweep.dir}/{cfg.hydra.sweep.subdir}"
+    return str(cfg.job_dir), str(cfg.stage.parent), str(cfg.hydra.run.dir), sweep
+
+
+def test_the_variant_spells_the_overrides_that_change_the_result(monkeypatch, tmp_path):
+    base = f"{tmp_path}/multirun/demo/cnn_small/none"
+    job, _, run_dir, sweep_dir = _job_paths(["experiment=demo", "fold=0"], monkeypatch, tmp_path)
+    assert job == run_dir == sweep_dir == f"{base}/default/fold_0"
+    # bookkeeping, context and the default group choice stay out; the rest is sorted, Hydra-style
+    job, _, run_dir, sweep_dir = _job_paths(
+        ["experiment=demo", "fold=1", "mixup.alpha=1", "optimizer.lr=0.05", "resume=false", "loader.num_workers=0",
+         "trainer.enable_progress_bar=false", "data=demo", "mlflow.experiment=x", "data.demo.n_train=9"],
+        monkeypatch, tmp_path)
+    assert job == run_dir == sweep_dir == f"{base}/mixup.alpha=1,optimizer.lr=0.05/fold_1"
+    # a retrain_val job keeps its retrain.* keys; its parent is the train job without them
+    job, parent, _, _ = _job_paths(["experiment=demo", "stage=retrain_val", "optimizer.lr=0.05", "retrain.max_epochs=3"],
+                                   monkeypatch, tmp_path)
+    assert job == f"{base}/optimizer.lr=0.05,retrain.max_epochs=3/fold_0_r"
+    assert parent == f"{base}/optimizer.lr=0.05/fold_0"
+    # a long variant becomes a short hash (fstag.job_identity saves the overrides beside it)
+    long = [f"optimizer.lr=0.0{i}23456789012345" for i in range(1, 2)] + [
+        "mixup.alpha=2.3456789012345", "mixup.prob=0.56789012345678", "loader.crop_frames=123", "data.unverified_weight=0.123456789"]
+    job, _, _, _ = _job_paths(["experiment=demo", *long], monkeypatch, tmp_path)
+    assert re.fullmatch(rf"{re.escape(base)}/v-[0-9a-f]{{10}}/fold_0", job)
+
+
+def test_a_new_data_root_is_a_new_variant_named_by_its_train_csv(monkeypatch, tmp_path):
+    for name, rows in (("a", "fname,label,manually_verified\nx.wav,Bark,1\n"), ("b", "fname,label,manually_verified\ny.wav,Bark,1\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.csv").write_text(rows)
+    (tmp_path / "same").symlink_to(tmp_path / "a")
+    a = _job_paths(["experiment=demo", f"data.root={tmp_path / 'a'}"], monkeypatch, tmp_path)[0]
+    same = _job_paths(["experiment=demo", f"data.root={tmp_path / 'same'}"], monkeypatch, tmp_path)[0]
+    b = _job_paths(["experiment=demo", f"data.root={tmp_path / 'b'}"], monkeypatch, tmp_path)[0]
+    assert re.search(r"/cnn_small/none/data@[0-9a-f]{8}/fold_0$", a) and a == same != b

@@ -1,8 +1,11 @@
-"""The built-in demo data generator: layout, audio format, determinism, label noise, atomicity."""
+"""The built-in demo data generator: layout, audio format, determinism, label noise, atomicity, and the
+shifted test split."""
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
+import hashlib
 import re
 import subprocess
 import sys
@@ -19,15 +22,21 @@ from fstag.config import CONFIG_DIR
 from fstag.dataset_layout import DatasetLayout, labels_from_train, read_sample_submission, read_train_csv
 from fstag.demo_data import (
     DEFAULT_LABELS,
+    SHIFTED_DIR,
+    SHIFTED_LABELS_CSV,
+    SHIFTED_PLAYING,
+    SHIFTED_VOICES,
     TEST_LABELS_CSV,
+    TRAIN_PLAYING,
     TRUTH_CSV,
+    VOICES,
     DemoSettings,
     ensure_demo_dataset,
     generate_demo_dataset,
     plan_dataset,
 )
 
-SMALL = dict(n_train=42, n_test=10, workers=1, progress=False)
+SMALL = dict(n_train=42, n_test=10, n_shifted=21, workers=1, progress=False)
 
 
 def _truth(root: Path) -> pd.DataFrame:
@@ -127,15 +136,17 @@ def test_label_noise_shares_follow_the_settings():
 
 def test_duration_range_is_honoured(tmp_path):
     root = generate_demo_dataset(tmp_path / "d", **{**SMALL, "labels": ["Cello", "Flute"], "n_train": 12,
-                                                    "n_test": 4, "min_duration": 0.5, "max_duration": 2.0})
+                                                    "n_test": 4, "n_shifted": 2, "min_duration": 0.5,
+                                                    "max_duration": 2.0})
     durations = [sf.info(p).duration for p in root.glob("audio_*/*.wav")]
-    assert len(durations) == 16 and min(durations) >= 0.5 and max(durations) <= 2.0
+    assert len(durations) == 18 and min(durations) >= 0.5 and max(durations) <= 2.0
 
 
 def test_sounds_differ_per_class(tmp_path):
     """Glockenspiel sits far above the double bass: a silent or class-blind generator fails this."""
     root = generate_demo_dataset(tmp_path / "d", **{**SMALL, "labels": ["Glockenspiel", "Double_bass"],
-                                                    "n_train": 16, "n_test": 1, "max_duration": 4.0})
+                                                    "n_train": 16, "n_test": 1, "n_shifted": 0,
+                                                    "max_duration": 4.0})
     truth = _truth(root)
     centroid = {}
     for label in ("Glockenspiel", "Double_bass"):
@@ -176,7 +187,7 @@ def test_generate_refuses_to_overwrite(small):
 
 def test_generates_into_an_existing_folder_with_other_content(tmp_path):
     (tmp_path / "features").mkdir()
-    generate_demo_dataset(tmp_path, **{**SMALL, "n_train": 21, "n_test": 2})
+    generate_demo_dataset(tmp_path, **{**SMALL, "n_train": 21, "n_test": 2, "n_shifted": 0})
     assert (tmp_path / "train.csv").is_file() and (tmp_path / "features").is_dir()
 
 
@@ -203,7 +214,7 @@ def test_build_folders_of_dead_processes_are_removed(tmp_path):
     dead.wait()
     stale = tmp_path / f".demo.tmp-{dead.pid}-abc"
     (stale / "audio_train").mkdir(parents=True)
-    generate_demo_dataset(tmp_path / "demo", **{**SMALL, "n_train": 21, "n_test": 2})
+    generate_demo_dataset(tmp_path / "demo", **{**SMALL, "n_train": 21, "n_test": 2, "n_shifted": 0})
     assert not stale.exists()
 
 
@@ -214,6 +225,8 @@ def test_settings_are_validated():
         DemoSettings(labels=["Bark", "Cello"])
     with pytest.raises(ValueError):
         DemoSettings(min_duration=5.0, max_duration=1.0)
+    with pytest.raises(ValueError, match="n_shifted"):
+        DemoSettings(n_shifted=-1)
 
 
 def test_yaml_demo_block_matches_the_defaults():
@@ -222,6 +235,123 @@ def test_yaml_demo_block_matches_the_defaults():
 
 
 def test_cli(tmp_path, capsys):
-    demo_data.main(["--root", str(tmp_path / "cli"), "--n-train", "21", "--n-test", "2", "--workers", "1"])
+    demo_data.main(["--root", str(tmp_path / "cli"), "--n-train", "21", "--n-test", "2", "--n-shifted", "2",
+                    "--workers", "1"])
     assert (tmp_path / "cli" / "train.csv").is_file()
+    assert len(list((tmp_path / "cli" / SHIFTED_DIR).iterdir())) == 2
     assert str(tmp_path / "cli") in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------------
+# The shifted test split
+# --------------------------------------------------------------------------------------------------
+
+
+def _digests(root: Path, names: list[str]) -> dict[str, str]:
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in names}
+
+
+def test_shifted_split_is_written_balanced_and_labelled(small):
+    labels = pd.read_csv(small / SHIFTED_LABELS_CSV, keep_default_na=False)
+    assert list(labels.columns) == ["fname", "label"]
+    assert sorted(p.name for p in (small / SHIFTED_DIR).iterdir()) == sorted(labels["fname"])
+    assert all(re.fullmatch(r"[0-9a-f]{8}\.wav", f) for f in labels["fname"])
+    assert sorted(labels["label"]) == sorted(DEFAULT_LABELS)  # 21 clips: one per label
+    others = set(read_train_csv(small / "train.csv")["fname"]) | set(pd.read_csv(small / TEST_LABELS_CSV)["fname"])
+    assert not set(labels["fname"]) & others
+    truth = _truth(small)
+    rows = truth[truth["split"] == "test_shifted"].set_index("fname")
+    assert (rows.loc[labels["fname"], "true_label"].values == labels["label"].values).all()
+
+
+def test_shifted_labels_are_balanced_and_names_unique():
+    plan = plan_dataset(DemoSettings())
+    shifted = plan[plan["split"] == "test_shifted"]
+    assert len(shifted) == 168 and set(shifted["true_label"].value_counts()) == {8}
+    assert plan["fname"].is_unique
+    assert (shifted["label"] == shifted["true_label"]).all()
+    assert plan_dataset(DemoSettings(n_shifted=0))["split"].isin(["train", "test"]).all()
+
+
+def test_shifted_split_leaves_train_and_test_bytes_unchanged(tmp_path):
+    small = {**SMALL, "labels": ["Cello", "Snare_drum", "Telephone"], "n_train": 6, "n_test": 3, "max_duration": 3.0}
+    without = generate_demo_dataset(tmp_path / "without", **{**small, "n_shifted": 0})
+    with_ = generate_demo_dataset(tmp_path / "with", **{**small, "n_shifted": 3})
+    assert not (without / SHIFTED_DIR).exists() and not (without / SHIFTED_LABELS_CSV).exists()
+    assert len(list((with_ / SHIFTED_DIR).iterdir())) == 3
+    names = [n for n in _all_files(without) if n != TRUTH_CSV]
+    assert any(n.startswith("audio_train/") for n in names) and any(n.startswith("audio_test/") for n in names)
+    assert _digests(without, names) == _digests(with_, names)
+    before = pd.read_csv(without / TRUTH_CSV, dtype=str, keep_default_na=False)
+    after = pd.read_csv(with_ / TRUTH_CSV, dtype=str, keep_default_na=False)
+    after = after[after["split"] != "test_shifted"][list(before.columns)].reset_index(drop=True)
+    assert after.equals(before)  # the same rows and rendering details
+
+
+def test_shifted_sources_are_never_played_in_train():
+    """Labels with family members play only other programs or kits; the rest play outside the train
+    key range (or, the tambourine, far detuned). Every program and kit exists in the soundfont:
+    tinysoundfont silently falls back to kit 0 for a missing drum preset, so that is checked too."""
+    import tinysoundfont
+
+    synth = tinysoundfont.Synth()
+    sfid = synth.sfload(demo_data._soundfont_bytes())
+    assert set(SHIFTED_VOICES) == set(VOICES)
+    for label, shifted in SHIFTED_VOICES.items():
+        voice = VOICES[label]
+        for source in shifted.sources:
+            bank = 128 if voice.is_drum else 0
+            synth.program_select(0, sfid, bank, source.program, is_drums=voice.is_drum)
+            assert synth.program_info(0) == (sfid, bank, source.program), (label, source)
+            if source.program in voice.programs:  # no other family member
+                if voice.is_drum:
+                    assert source.detune[0] >= 3.0, label
+                else:
+                    lo, hi = source.key_range
+                    assert hi < voice.key_range[0] or lo > voice.key_range[1], label
+            if voice.is_drum:
+                assert set(source.drum_keys) <= set(voice.drum_keys), label
+        if (shifted.styles or voice.styles) != voice.styles:
+            assert set(shifted.styles) & set(voice.styles), label  # a familiar pattern among the new ones
+
+
+def test_shifted_playing_lies_outside_the_train_ranges():
+    for name, playing in SHIFTED_PLAYING.items():
+        for field in dataclasses.fields(playing):
+            if field.name in ("legato", "held_gap"):
+                continue
+            lo, hi = getattr(playing, field.name)
+            train_lo, train_hi = getattr(TRAIN_PLAYING, field.name)
+            assert hi <= train_lo or lo >= train_hi, (name, field.name)
+
+
+def test_shifted_clips_are_recorded_differently(small):
+    truth = _truth(small)
+    shifted = truth[truth["split"] == "test_shifted"]
+    assert len(shifted) == 21
+    for row in shifted.itertuples():
+        voice = VOICES[row.true_label]
+        alternatives = any(s.program not in voice.programs for s in SHIFTED_VOICES[row.true_label].sources)
+        if alternatives:
+            assert int(float(row.program)) not in voice.programs, row.true_label
+        elif not voice.is_drum:
+            lo, hi = (int(k) for k in row.keys.split("-"))
+            assert hi < voice.key_range[0] or lo > voice.key_range[1], row.true_label
+        else:
+            assert abs(float(row.tuning)) >= 3.0, row.true_label
+        assert not 45 <= float(row.velocity) <= 120
+        assert row.playing in SHIFTED_PLAYING
+        assert row.room in ("hall", "close_mic") and not 0.1 <= float(row.rt60) <= 0.9
+        assert 100 <= float(row.mic_highpass_hz) <= 400 and 3000 <= float(row.mic_lowpass_hz) <= 8000
+        peaks = row.mic_peaks.split()
+        assert 1 <= len(peaks) <= 2
+        assert all(6.0 <= abs(float(re.search(r"Hz([+-][0-9.]+)dB", p).group(1))) <= 12.0 for p in peaks)
+        assert row.noise in ("white", "hum", "babble") and 5.0 <= float(row.snr_db) <= 25.0
+    train = truth[truth["split"] == "train"]
+    assert set(train["noise"]) == {""} and set(train["room"]) == {""}  # the train rows keep their recording
+
+
+def test_refuses_to_overwrite_a_shifted_split(tmp_path):
+    (tmp_path / SHIFTED_LABELS_CSV).write_text("fname,label\n")
+    with pytest.raises(FileExistsError, match=SHIFTED_LABELS_CSV):
+        generate_demo_dataset(tmp_path, **{**SMALL, "n_train": 21, "n_test": 2, "n_shifted": 0})

@@ -9,7 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fstag.submission import validate_submission
-from tests.conftest import TINY_DEMO, TINY_TRAIN, Project, make_env
+from fstag.job_identity import job_variant
+from tests.conftest import TINY_DEMO, TINY_OVERRIDES, Project, make_env
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_demo_job_end_to_end(tmp_path):
     project = Project(root=tmp_path, env=make_env(tmp_path))
     sets = [a for x in TINY_DEMO for a in ("--set", x)]
-    train_sets = [a for x in TINY_TRAIN if x != "experiment=demo" for a in ("--train-set", x)]
+    train_sets = [a for x in TINY_OVERRIDES for a in ("--train-set", x)]
     res = project.run("-m fstag.demo_job", "--folds", "0,1", "--augs", "none", *sets, *train_sets, timeout=900)
     out = res.stdout
 
@@ -31,11 +32,15 @@ def test_demo_job_end_to_end(tmp_path):
     data = tmp_path / "data" / "demo"
     labels = sorted(pd.read_csv(data / "train.csv")["label"].unique())
     validate_submission(submission, data / "sample_submission.csv", labels)
-    for job in ("fold_0", "fold_0_r", "fold_1", "fold_1_r"):
-        assert (tmp_path / "multirun" / "demo" / "cnn_small" / "none" / job / "run.json").is_file()
+    # the tiny settings are overrides, so the jobs are a variant of their own, which predict and blend found
+    variant = {s: job_variant(TINY_OVERRIDES, stage, None)[0] for s, stage in (("", "train"), ("_r", "retrain_val"))}
+    assert variant[""] == "loader.batch_size=16,predict.tta=2,trainer.max_epochs=2"
+    for k in (0, 1):
+        for s in ("", "_r"):
+            assert (tmp_path / "multirun" / "demo" / "cnn_small" / "none" / variant[s] / f"fold_{k}{s}" / "run.json").is_file()
     assert list((tmp_path / "outputs" / "predict").glob("*/top3.csv"))
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fstag-demo")
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
-    assert {"cnn_small/none/fold_0", "cnn_small/none/fold_1_r", "blend/demo"} <= names
+    assert {f"cnn_small/none/{variant['']}/fold_0", f"cnn_small/none/{variant['_r']}/fold_1_r", "blend/demo"} <= names

@@ -30,12 +30,12 @@ def test_predict_test_split_by_name_and_by_mlflow_run_id(swept_project):
     table, arrays = _outputs(p, "by_name")
     sample = pd.read_csv(p.root / "data" / "demo" / "sample_submission.csv")
     assert table["fname"].tolist() == sample["fname"].tolist()  # every clip, in order
-    labels = json.loads((p.runs_dir / "cnn_small/none/fold_0/run.json").read_text())["labels"]
+    labels = json.loads((p.runs_dir / "cnn_small/none/default/fold_0/run.json").read_text())["labels"]
     assert set(table["label1"]) <= set(labels) and not table["flagged"].any()
     np.testing.assert_allclose(arrays["probs"].sum(1), 1.0, atol=1e-5)
     assert (table["prob1"] >= table["prob2"]).all() and (table["prob2"] >= table["prob3"]).all()
 
-    run_id = (p.runs_dir / "cnn_small/none/fold_0/mlflow_run_id").read_text().strip()
+    run_id = (p.runs_dir / "cnn_small/none/default/fold_0/mlflow_run_id").read_text().strip()
     p.run("predict.py", f"runs=[{run_id}]", "tta=3", "hydra.run.dir=outputs/predict/by_id")
     _, by_id = _outputs(p, "by_id")
     np.testing.assert_array_equal(by_id["probs"], arrays["probs"])  # deterministic TTA, same run
@@ -63,7 +63,7 @@ def test_predict_folder_flags_unreadable_clips(swept_project, tmp_path):
     y, sr = sf.read(picked[0])
     sf.write(folder / "sub" / "stereo48k.flac", np.stack([y, y], axis=1)[: sr * 2], 48000)
     (folder / "broken.wav").write_bytes(b"not a wav file at all")
-    p.run("predict.py", f"runs=[{p.runs_dir / 'cnn_small/none/fold_0'}]", f"input={folder}", "tta=2",
+    p.run("predict.py", f"runs=[{p.runs_dir / 'cnn_small/none/default/fold_0'}]", f"input={folder}", "tta=2",
           "hydra.run.dir=outputs/predict/folder")
     table, arrays = _outputs(p, "folder")
     assert sorted(table["fname"]) == sorted([f.name for f in picked] + ["broken.wav", "sub/stereo48k.flac"])

@@ -61,7 +61,7 @@ def demo_with_bad_files(tmp_path_factory):
     from fstag.demo_data import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
-    generate_demo_dataset(root, progress=False, n_train=21, n_test=4, max_duration=3.0, seed=3, workers=1)
+    generate_demo_dataset(root, progress=False, n_train=21, n_test=4, n_shifted=0, max_duration=3.0, seed=3, workers=1)
     audio = root / "audio_train"
     (audio / "text.wav").write_text("this is not audio\n" * 20)
     (audio / "empty.wav").write_bytes(b"")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from tests.conftest import REPO, TINY_TRAIN
 
@@ -35,7 +36,7 @@ def swept(swept_project):
 
 def test_multirun_writes_two_jobs_and_mlflow_runs(swept):
     for k in (0, 1):
-        job = swept.runs_dir / "cnn_small" / "none" / f"fold_{k}"
+        job = swept.runs_dir / "cnn_small" / "none" / "default" / f"fold_{k}"
         info = json.loads((job / "run.json").read_text())
         assert info["complete"] and info["name"] == f"fold_{k}" and info["stage"] == "train"
         assert (job / "checkpoints" / "best.ckpt").is_file() and (job / "checkpoints" / "last.ckpt").is_file()
@@ -52,24 +53,27 @@ def test_multirun_writes_two_jobs_and_mlflow_runs(swept):
     runs = _runs_by_name(swept.tracking_uri)
     client = MlflowClient(swept.tracking_uri)
     for k in (0, 1):
-        run = runs[f"cnn_small/none/fold_{k}"]
+        run = runs[f"cnn_small/none/default/fold_{k}"]
         assert run.info.status == "FINISHED"
         assert run.data.params["arch.name"] == "cnn_small" and run.data.params["fold"] == str(k)
+        # the resolved config once, '.'-separated: no '/'-flattened duplicates from Lightning's hparams
+        assert not [p for p in run.data.params if "/" in p] and "scheduler.step_gamma" in run.data.params
         for metric in ("val_acc1", "val_map3", "val_loss", "train_loss"):
             history = client.get_metric_history(run.info.run_id, metric)
             assert len(history) == 2, (metric, history)  # one value per epoch
         assert 0.0 <= run.data.metrics["val_map3"] <= 1.0
-        assert run.data.tags["fstag.run_dir"].endswith(f"cnn_small/none/fold_{k}")
+        assert run.data.tags["fstag.run_dir"].endswith(f"cnn_small/none/default/fold_{k}")
+        assert run.data.tags["fstag.variant"] == "default"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"run.json", "oof.npz", "test.npz", "config.yaml", "hydra"} <= artifacts
-    parent_ids = {runs[f"cnn_small/none/fold_{k}"].data.tags.get("mlflow.parentRunId") for k in (0, 1)}
+    parent_ids = {runs[f"cnn_small/none/default/fold_{k}"].data.tags.get("mlflow.parentRunId") for k in (0, 1)}
     assert len(parent_ids) == 1 and None not in parent_ids  # grouped under one sweep run
     sweep = [r for r in runs.values() if r.info.run_id in parent_ids]
     assert sweep and sweep[0].info.run_name.startswith("sweep/")
 
 
 def test_rerun_of_complete_job_is_a_noop(swept):
-    job = swept.runs_dir / "cnn_small" / "none" / "fold_0"
+    job = swept.runs_dir / "cnn_small" / "none" / "default" / "fold_0"
     before = (job / "checkpoints" / "best.ckpt").stat().st_mtime_ns
     res = swept.run("train.py", "fold=0", *TINY_TRAIN)
     assert "nothing to do" in res.stdout + res.stderr
@@ -78,27 +82,26 @@ def test_rerun_of_complete_job_is_a_noop(swept):
 
 def test_retrain_val_starts_from_parent_and_carries_its_oof(swept):
     swept.run("train.py", "fold=0", "stage=retrain_val", *TINY_TRAIN)
-    job = swept.runs_dir / "cnn_small" / "none" / "fold_0_r"
-    parent = swept.runs_dir / "cnn_small" / "none" / "fold_0"
+    job = swept.runs_dir / "cnn_small" / "none" / "default" / "fold_0_r"
+    parent = swept.runs_dir / "cnn_small" / "none" / "default" / "fold_0"
     info = json.loads((job / "run.json").read_text())
     assert info["stage"] == "retrain_val" and info["name"] == "fold_0_r" and info["oof_source"] == str(parent)
     with np.load(job / "oof.npz") as a, np.load(parent / "oof.npz") as b:
         np.testing.assert_array_equal(a["probs"], b["probs"])
     runs = _runs_by_name(swept.tracking_uri)
-    assert runs["cnn_small/none/fold_0_r"].info.status == "FINISHED"
+    assert runs["cnn_small/none/default/fold_0_r"].info.status == "FINISHED"
 
 
 def test_retrain_val_without_parent_names_what_was_looked_for(swept):
     res = swept.run("train.py", "fold=3", "stage=retrain_val", *TINY_TRAIN, check=False)
     assert res.returncode != 0
-    assert "cnn_small/none/fold_3" in res.stderr and "Train it first" in res.stderr
+    assert "cnn_small/none/default/fold_3" in res.stderr and "Train it first" in res.stderr
 
 
 def test_interrupted_job_resumes_from_last_ckpt(demo_project):
-    job = demo_project.runs_dir / "cnn_small" / "none" / "fold_2"
+    job = demo_project.runs_dir / "cnn_small" / "none" / "early_stopping.patience=10,trainer.max_epochs=6" / "fold_2"
     last = job / "checkpoints" / "last.ckpt"
-    tiny = [a for a in TINY_TRAIN if not a.startswith("trainer.max_epochs=")]
-    args = ["fold=2", *tiny, "trainer.max_epochs=6", "early_stopping.patience=10"]
+    args = ["fold=2", *TINY_TRAIN, "trainer.max_epochs=6", "early_stopping.patience=10"]
     proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=demo_project.root,
                             env=demo_project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -150,7 +153,7 @@ def test_tracks_to_a_real_mlflow_server(demo_project, tmp_path):
         demo_project.run("train.py", "fold=4", *TINY_TRAIN, "exp=server", "mlflow.experiment=fstag-server",
                          env={"MLFLOW_TRACKING_URI": uri})
         runs = _runs_by_name(uri, "fstag-server")
-        run = runs["cnn_small/none/fold_4"]
+        run = runs["cnn_small/none/default/fold_4"]
         assert run.info.status == "FINISHED" and "val_acc1" in run.data.metrics and "val_map3" in run.data.metrics
         assert {"run.json", "test.npz"} <= {a.path for a in MlflowClient(uri).list_artifacts(run.info.run_id)}
     finally:
@@ -174,7 +177,7 @@ def test_parallel_joblib_sweep_against_a_new_sqlite_store(demo_project, tmp_path
     demo_project.run("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "fold=0,1",
                      *TINY_TRAIN, "trainer.max_epochs=1", "exp=parallel", env={"MLFLOW_TRACKING_URI": uri})
     runs = _runs_by_name(uri)
-    jobs = [runs[f"cnn_small/none/fold_{k}"] for k in (0, 1)]
+    jobs = [runs[f"cnn_small/none/trainer.max_epochs=1/fold_{k}"] for k in (0, 1)]
     assert all(r.info.status == "FINISHED" for r in jobs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in jobs}
     assert len(parents) == 1 and runs[next(n for n in runs if n.startswith("sweep/"))].info.run_id in parents
@@ -198,7 +201,7 @@ def test_unverified_rows_can_be_left_out(swept):
 
 def test_force_retrains_into_a_new_mlflow_run(demo_project):
     args = ["fold=0", *TINY_TRAIN, "trainer.max_epochs=1", "exp=forced"]
-    job = demo_project.root / "multirun" / "forced" / "cnn_small" / "none" / "fold_0"
+    job = demo_project.root / "multirun" / "forced" / "cnn_small" / "none" / "trainer.max_epochs=1" / "fold_0"
     demo_project.run("train.py", *args)
     first = json.loads((job / "run.json").read_text())["mlflow_run_id"]
     demo_project.run("train.py", *args, "force=true")
@@ -213,3 +216,155 @@ def test_training_before_preprocessing_says_what_to_run(tmp_path):
     res = Project(root=tmp_path, env=make_env(tmp_path)).run("train.py", *TINY_TRAIN, check=False)
     assert res.returncode != 0
     assert "features for data=demo not found" in res.stderr and "python preprocess.py data=demo" in res.stderr
+
+
+# sweeps over any key --------------------------------------------------------------------------------
+LR_GRID = ["fold=0", "optimizer.lr=0.01,0.05", "trainer.max_epochs=1", "exp=lrtest"]
+LR_VARIANTS = {lr: f"optimizer.lr={lr},trainer.max_epochs=1" for lr in ("0.01", "0.05")}
+
+
+@pytest.fixture(scope="module")
+def lr_grid(demo_project):
+    """The issue's grid: ``-m experiment=... fold=0 optimizer.lr=0.01,0.05 trainer.max_epochs=1 exp=lrtest``."""
+    demo_project.run("train.py", "-m", *TINY_TRAIN, *LR_GRID)
+    return demo_project
+
+
+def _lrtest_runs(project) -> dict:
+    return {n: r for n, r in _runs_by_name(project.tracking_uri).items() if r.data.tags.get("fstag.exp") == "lrtest"}
+
+
+def test_a_grid_over_the_learning_rate_gives_two_jobs_and_two_mlflow_runs(lr_grid):
+    runs = _lrtest_runs(lr_grid)
+    jobs = {lr: lr_grid.root / "multirun" / "lrtest" / "cnn_small" / "none" / v / "fold_0" for lr, v in LR_VARIANTS.items()}
+    for lr, job in jobs.items():
+        info = json.loads((job / "run.json").read_text())
+        assert info["complete"] and info["variant"] == LR_VARIANTS[lr]
+        assert OmegaConf.load(job / "config.yaml").optimizer.lr == float(lr)
+        run = runs[f"cnn_small/none/{LR_VARIANTS[lr]}/fold_0"]
+        assert run.info.status == "FINISHED" and run.info.run_id == info["mlflow_run_id"]
+        assert run.data.params["optimizer.lr"] == lr and run.data.tags["fstag.override.optimizer.lr"] == lr
+        assert run.data.tags["fstag.override.trainer.max_epochs"] == "1"
+        assert run.data.metrics["best_val_map3"] == pytest.approx(info["best_metrics"]["val_map3"])
+    children = [r for r in runs.values() if r.info.run_name.startswith("cnn_small/")]
+    assert len(children) == 2
+    assert {r.data.params["optimizer.lr"] for r in children} == {"0.01", "0.05"}
+    # the compare view: every param but the swept one (and the paths naming the job) is the same
+    differing = {k for k in children[0].data.params if children[0].data.params[k] != children[1].data.params.get(k)}
+    assert differing == {"optimizer.lr", "variant", "job_dir"}
+    (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in children}
+    parent = MlflowClient(lr_grid.tracking_uri).get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep/lrtest"
+    best = max(children, key=lambda r: r.data.metrics["best_val_map3"])
+    assert parent.data.metrics["best_val_map3"] == best.data.metrics["best_val_map3"]
+    assert parent.data.tags["fstag.best_run"] == best.info.run_name
+    assert parent.data.params["best.optimizer.lr"] == best.data.params["optimizer.lr"]
+
+
+def test_an_identical_rerun_skips_and_a_changed_config_in_a_used_directory_is_an_error(lr_grid):
+    job = lr_grid.root / "multirun" / "lrtest" / "cnn_small" / "none" / LR_VARIANTS["0.05"] / "fold_0"
+    before = (job / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    n_runs = len(_lrtest_runs(lr_grid))
+    res = lr_grid.run("train.py", *TINY_TRAIN, "fold=0", "optimizer.lr=0.05", "trainer.max_epochs=1", "exp=lrtest")
+    assert "nothing to do" in res.stdout + res.stderr and (job / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+    assert len(_lrtest_runs(lr_grid)) == n_runs
+    # the same variant under another preset: the demo's batch size and epochs differ from the tiny one's
+    res = lr_grid.run("train.py", "experiment=demo", "fold=0", "optimizer.lr=0.05", "trainer.max_epochs=1",
+                      "exp=lrtest", "trainer.enable_progress_bar=false", check=False, timeout=120)
+    assert res.returncode != 0
+    err = res.stdout + res.stderr
+    assert str(job) in err and "another config" in err and "force=true" in err and "exp=" in err
+    assert "loader.batch_size: 16 -> 32" in err and "predict.tta: 2 -> 5" in err
+    assert (job / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
+
+
+def test_retrain_val_of_a_variant_starts_from_that_variants_parent(lr_grid):
+    from fstag.training import state_digest
+
+    lr_grid.run("train.py", *TINY_TRAIN, "fold=0", "stage=retrain_val", "optimizer.lr=0.05", "trainer.max_epochs=1",
+                "exp=lrtest", "retrain.max_epochs=1")
+    base = lr_grid.root / "multirun" / "lrtest" / "cnn_small" / "none"
+    retrain_variant = "optimizer.lr=0.05,retrain.max_epochs=1,trainer.max_epochs=1"  # sorted, retrain.* kept
+    job = base / retrain_variant / "fold_0_r"
+    parent = base / LR_VARIANTS["0.05"] / "fold_0"
+    info = json.loads((job / "run.json").read_text())
+    assert info["stage"] == "retrain_val" and info["oof_source"] == str(parent)
+    digests = {lr: state_digest(torch.load(base / v / "fold_0" / "checkpoints" / "best.ckpt")["state_dict"])
+               for lr, v in LR_VARIANTS.items()}
+    assert digests["0.01"] != digests["0.05"]
+    assert info["init_from"] == {"checkpoint": str(parent / "checkpoints" / "best.ckpt"), "state_sha256": digests["0.05"]}
+    run = _lrtest_runs(lr_grid)[f"cnn_small/none/{retrain_variant}/fold_0_r"]
+    assert run.info.status == "FINISHED" and run.data.tags["fstag.override.retrain.max_epochs"] == "1"
+
+
+def test_a_failing_job_fails_its_sweep_and_concurrent_sweeps_keep_their_parents(demo_project):
+    from fstag.tracking import ensure_experiment
+
+    ensure_experiment(demo_project.tracking_uri, "fstag-demo")  # the store exists before two sweeps share it
+    common = [*TINY_TRAIN, "trainer.max_epochs=1", "exp=two"]
+    procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", *common, *folds], cwd=demo_project.root,
+                              env=demo_project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for folds in (["fold=2"], ["fold=3,7"])]  # fold=7 is out of range: that job fails
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert procs[0].returncode == 0 and procs[1].returncode != 0, errs[1][-2000:]
+    assert "fold=7 is out of range" in errs[1]
+    client = MlflowClient(demo_project.tracking_uri)
+    runs = {n: r for n, r in _runs_by_name(demo_project.tracking_uri).items() if r.data.tags.get("fstag.exp") == "two"}
+    parents = {r.info.run_id: r for r in client.search_runs(
+        [client.get_experiment_by_name("fstag-demo").experiment_id], "attributes.run_name = 'sweep/two'")}
+    assert len(parents) == 2
+    ok, bad = (runs[f"cnn_small/none/trainer.max_epochs=1/fold_{k}"] for k in (2, 3))
+    assert ok.data.tags["mlflow.parentRunId"] != bad.data.tags["mlflow.parentRunId"]
+    assert ok.info.status == bad.info.status == "FINISHED"
+    assert parents[ok.data.tags["mlflow.parentRunId"]].info.status == "FINISHED"
+    failed = parents[bad.data.tags["mlflow.parentRunId"]]
+    assert failed.info.status == "FAILED" and failed.data.tags["fstag.failed_job"].endswith("fold_7")
+    sweeps = list((demo_project.root / "multirun" / "two" / ".sweeps").glob("*.json"))
+    assert {json.loads(p.read_text())["mlflow_parent_run_id"] for p in sweeps} == set(parents)
+
+
+def test_an_optuna_search_resumes_after_a_kill_and_reports_its_best_trial(demo_project, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    args = ["train.py", *TINY_TRAIN, "hparams_search=demo_optuna", "fold=1", "exp=search",
+            "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={storage}", "hydra.sweeper.sampler.n_startup_trials=2"]
+    proc = subprocess.Popen([sys.executable, str(REPO / args[0]), *args[1:]], cwd=demo_project.root, env=demo_project.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    jobs = demo_project.root / "multirun" / "search" / "cnn_small" / "none"
+    deadline = time.time() + 400
+    # kill it once trial 0 is done and trial 1 has a checkpoint (mid-way through its 2 epochs)
+    while time.time() < deadline and proc.poll() is None:
+        done = list(jobs.glob("*/fold_1/run.json"))
+        started = [p for p in jobs.glob("*/fold_1/checkpoints/last.ckpt") if not (p.parent.parent / "run.json").is_file()]
+        if len(done) == 1 and started:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(done) == 1 and started, "the search should have been killed during its second trial"
+    killed_job = started[0].parent.parent
+    study = optuna.load_study(study_name="search-demo_optuna", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "RUNNING"]
+
+    res = demo_project.run(*args)
+    out = res.stdout + res.stderr
+    assert "resuming from" in out and "1 of 3 trials finished" in out
+    study = optuna.load_study(study_name="search-demo_optuna", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states[1] == "FAIL"  # the killed trial, run again as trial 2
+    assert study.trials[2].params == study.trials[1].params
+    assert json.loads((killed_job / "run.json").read_text())["complete"]
+
+    client = MlflowClient(demo_project.tracking_uri)
+    runs = {n: r for n, r in _runs_by_name(demo_project.tracking_uri).items() if r.data.tags.get("fstag.exp") == "search"}
+    (parent,) = [r for r in runs.values() if r.info.run_name.startswith("search/")]
+    children = [r for r in runs.values() if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)  # one study, one parent
+    best = max(children, key=lambda r: r.data.metrics["best_val_map3"])
+    assert study.best_value == pytest.approx(best.data.metrics["best_val_map3"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["best_val_map3"] == pytest.approx(study.best_value)
+    assert parent.data.tags["fstag.best_run"] == best.info.run_name
+    for key, value in study.best_params.items():
+        assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(value))
+        assert float(best.data.params[key]) == pytest.approx(float(value))

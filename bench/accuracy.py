@@ -1,0 +1,165 @@
+"""Accuracy of training recipes on the demo data: the test split and the shifted test split.
+
+    python bench/accuracy.py [--root DIR] [--recipes seed,plain,scratch,...] [--epochs 30] [--fold 0]
+                             [--arch resnet18] [--threads N] [--list]
+
+Each recipe is a list of train.py overrides on top of ``arch=resnet50 arch.name=<arch> fold=<fold>``
+(the hidden benchmark's command). For each one the script trains one job through the real entry point
+(a finished job is reused: train.py skips it), then scores MAP@3 on
+
+- (a) the demo test split (the job's own 5-crop TTA ``test.npz``, scored rows of test_post_competition.csv);
+- (b) the **shifted** test split (``audio_test_shifted/``: other General-MIDI programs of each instrument's
+  family, other drum kits, velocities, articulations, rooms, microphones and noise types than any train
+  clip), predicted by ``predict.py input=<folder>`` as a user would on new recordings.
+
+Tune on (a) and (b) together, never on (b) alone. Results are printed as a markdown table with the
+machine, and saved to ``<root>/accuracy.json``. The demo data and features are made in ``<root>`` (a
+separate FSTAG_ROOT, default ``bench_runs/accuracy``) on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fstag.demo_data import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
+from fstag.metrics import map_at_3  # noqa: E402
+
+SEED_LIKE = ["loader.batch_size=32", "trainer.accumulate=null"]
+# name -> (overrides, what it is). "scratch-*" rows remove or add one ingredient of experiment=scratch.
+RECIPES: dict[str, tuple[list[str], str]] = {
+    "seed": (SEED_LIKE, "the seed's recipe (SGD 0.009, mixup p=0.7 Beta(3,3), cosine x step), batch 32"),
+    "plain": (["experiment=scratch", "aug=none", "specaug.enabled=false", "mixup.enabled=false",
+               "arch.input_norm=bn", "optimizer.lr=1e-3", "optimizer.weight_decay=0.01",
+               "scheduler.final_lr_ratio=1.0", "loader.pad_value=0.0"],
+              "the 40-line script's recipe: AdamW 1e-3 constant, label smoothing 0.1, per-channel input norm, no aug"),
+    "scratch": (["experiment=scratch"], "experiment=scratch (aug=robust)"),
+    "scratch-no_recording": (["experiment=scratch", "aug=specmask_concat"], "without the recording-condition simulation"),
+    "scratch-no_mixup": (["experiment=scratch", "mixup.enabled=false"], "without mixup"),
+    "scratch-no_specaug": (["experiment=scratch", "specaug.enabled=false"], "without SpecAugment"),
+    "scratch-bn": (["experiment=scratch", "arch.input_norm=bn"], "input BatchNorm instead of per-band standardisation"),
+    "scratch-no_smoothing": (["experiment=scratch", "loss.label_smoothing=0"], "without label smoothing"),
+    "scratch+mixstyle": (["experiment=scratch", "mixstyle.enabled=true"], "plus Freq-MixStyle"),
+    "scratch+prune": (["experiment=scratch", "noise=prune"], "plus noise=prune (drop high-loss unverified rows)"),
+    "scratch+uw0.5": (["experiment=scratch", "data.unverified_weight=0.5"], "plus data.unverified_weight=0.5"),
+    "scratch+mel_shift": (["experiment=scratch", "aug.recording.mel_shift=2"], "plus a +-2 band mel shift"),
+}
+
+
+def machine() -> str:
+    cpu = platform.processor() or "cpu"
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
+
+
+def _run(args: list[str], env: dict, cwd: Path, log: Path) -> None:
+    with open(log, "a") as fh:
+        res = subprocess.run([sys.executable, *args], cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(args)} failed ({res.returncode}); see {log}")
+
+
+def _job_dir(exp_dir: Path) -> Path:
+    runs = sorted(p.parent for p in exp_dir.rglob("run.json"))
+    if len(runs) != 1:
+        raise SystemExit(f"{exp_dir}: expected one finished job, found {len(runs)}")
+    return runs[0]
+
+
+def _score(probs: np.ndarray, fnames: list[str], labels: list[str], truth: pd.DataFrame) -> float:
+    pos = {f: i for i, f in enumerate(fnames)}
+    lab = {l: i for i, l in enumerate(labels)}
+    truth = truth[truth["label"].isin(lab)]
+    rows = np.array([pos[f] for f in truth["fname"]])
+    return map_at_3(probs[rows], np.array([lab[l] for l in truth["label"]]))
+
+
+def evaluate(name: str, overrides: list[str], args, root: Path, env: dict) -> dict:
+    data = root / "data" / "demo"
+    exp = f"bench-{name}"
+    log = root / f"{exp}.log"
+    t0 = time.perf_counter()
+    _run([str(REPO / "train.py"), "arch=resnet50", f"arch.name={args.arch}", f"fold={args.fold}", f"exp={exp}",
+          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *overrides], env, root, log)
+    train_s = time.perf_counter() - t0
+    job = _job_dir(root / "multirun" / exp)
+    info = json.loads((job / "run.json").read_text())
+    labels = info["labels"]
+    with np.load(job / "test.npz") as z:
+        test_fnames, test_probs = [str(f) for f in z["fnames"]], z["probs"]
+    scored = pd.read_csv(data / TEST_LABELS_CSV)
+    scored = scored[scored["usage"] != "Ignored"]
+    test_map3 = _score(test_probs, test_fnames, labels, scored)
+    out = root / "predictions" / exp
+    _run([str(REPO / "predict.py"), f"runs=[{job}]", f"input={data / SHIFTED_DIR}", f"output_dir={out}"], env, root, log)
+    with np.load(out / "probs.npz") as z:
+        sh_fnames, sh_probs = [str(f) for f in z["fnames"]], z["probs"]
+    shifted_map3 = _score(sh_probs, sh_fnames, labels, pd.read_csv(data / SHIFTED_LABELS_CSV))
+    return {"recipe": name, "what": RECIPES[name][1], "overrides": overrides, "test_map3": test_map3,
+            "shifted_map3": shifted_map3, "val_acc1": info.get("best_val_acc1"), "oof_map3": info.get("oof_map3"),
+            "epochs": info.get("epochs_trained"), "train_s": round(train_s, 1), "job_dir": str(job)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(REPO / "bench_runs" / "accuracy"))
+    ap.add_argument("--recipes", default="seed,plain,scratch")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--fold", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job (default: torch's)")
+    ap.add_argument("--list", action="store_true", help="list the recipes and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, (ov, what) in RECIPES.items():
+            print(f"{name:22s} {what}\n{'':22s} {' '.join(ov)}")
+        return
+    names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise SystemExit(f"unknown recipe(s) {unknown}; --list shows them")
+    root = Path(args.root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FSTAG_"))}
+    env.update(FSTAG_ROOT=str(root), PYTHONUNBUFFERED="1")
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    _run([str(REPO / "preprocess.py"), "data=demo"], env, root, root / "preprocess.log")
+    if not (root / "data" / "demo" / SHIFTED_DIR).is_dir():
+        raise SystemExit(f"{root / 'data' / 'demo'} has no {SHIFTED_DIR}/ (made by an older generator); "
+                         "delete the folder and run again")
+    results_path = root / "accuracy.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    for name in names:
+        results[name] = evaluate(name, RECIPES[name][0], args, root, env)
+        results_path.write_text(json.dumps(results, indent=1))
+        r = results[name]
+        print(f"{name}: test MAP@3 {r['test_map3']:.4f}, shifted MAP@3 {r['shifted_map3']:.4f} ({r['train_s']:.0f} s)", flush=True)
+    print(f"\n{machine()}; arch {args.arch}, fold {args.fold}, {args.epochs} epochs\n")
+    print("| recipe | what | test MAP@3 | shifted MAP@3 | val_acc1 | train s |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        r = results[name]
+        print(f"| {name} | {r['what']} | {r['test_map3']:.4f} | {r['shifted_map3']:.4f} | {r['val_acc1']:.4f} | {r['train_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
