@@ -1,7 +1,7 @@
 """Accuracy of training recipes on the demo data: the test split and the shifted test split.
 
     python bench/accuracy.py [--root DIR] [--recipes seed,plain,scratch,...] [--epochs 30] [--fold 0]
-                             [--arch resnet18] [--threads N] [--list]
+                             [--arch resnet18] [--threads N] [--set KEY=VALUE ...] [--list]
 
 Each recipe is a list of train.py overrides on top of ``arch=resnet50 arch.name=<arch> fold=<fold>``
 (the hidden benchmark's command). For each one the script trains one job through the real entry point
@@ -45,16 +45,17 @@ RECIPES: dict[str, tuple[list[str], str]] = {
                "arch.input_norm=bn", "optimizer.lr=1e-3", "optimizer.weight_decay=0.01",
                "scheduler.final_lr_ratio=1.0", "loader.pad_value=0.0"],
               "the 40-line script's recipe: AdamW 1e-3 constant, label smoothing 0.1, per-channel input norm, no aug"),
-    "scratch": (["experiment=scratch"], "experiment=scratch (aug=robust)"),
-    "scratch-no_recording": (["experiment=scratch", "aug=specmask_concat"], "without the recording-condition simulation"),
-    "scratch-no_mixup": (["experiment=scratch", "mixup.enabled=false"], "without mixup"),
-    "scratch-no_specaug": (["experiment=scratch", "specaug.enabled=false"], "without SpecAugment"),
-    "scratch-bn": (["experiment=scratch", "arch.input_norm=bn"], "input BatchNorm instead of per-band standardisation"),
-    "scratch-no_smoothing": (["experiment=scratch", "loss.label_smoothing=0"], "without label smoothing"),
-    "scratch+mixstyle": (["experiment=scratch", "mixstyle.enabled=true"], "plus Freq-MixStyle"),
-    "scratch+prune": (["experiment=scratch", "noise=prune"], "plus noise=prune (drop high-loss unverified rows)"),
-    "scratch+uw0.5": (["experiment=scratch", "data.unverified_weight=0.5"], "plus data.unverified_weight=0.5"),
-    "scratch+mel_shift": (["experiment=scratch", "aug.recording.mel_shift=2"], "plus a +-2 band mel shift"),
+    "scratch": (["experiment=scratch"], "experiment=scratch (aug=specmask_concat)"),
+    # the rows below add one thing to experiment=scratch + aug=robust
+    "robust": (["experiment=scratch", "aug=robust"], "plus the recording-condition simulation (aug=robust)"),
+    "robust+mixstyle": (["experiment=scratch", "aug=robust", "mixstyle.enabled=true"], "aug=robust plus Freq-MixStyle"),
+    "robust+prune": (["experiment=scratch", "aug=robust", "noise=prune"], "aug=robust plus noise=prune"),
+    "robust+uw0.5": (["experiment=scratch", "aug=robust", "data.unverified_weight=0.5"],
+                     "aug=robust plus data.unverified_weight=0.5"),
+    "robust+mel_shift": (["experiment=scratch", "aug=robust", "aug.recording.mel_shift=2"], "aug=robust plus a +-2 band mel shift"),
+    "scratch-no_mixup": (["experiment=scratch", "mixup.enabled=false"], "experiment=scratch without mixup"),
+    "scratch-no_specaug": (["experiment=scratch", "specaug.enabled=false"], "experiment=scratch without SpecAugment"),
+    "scratch-bn": (["experiment=scratch", "arch.input_norm=bn"], "experiment=scratch, input BatchNorm instead of band stats"),
 }
 
 
@@ -98,7 +99,8 @@ def evaluate(name: str, overrides: list[str], args, root: Path, env: dict) -> di
     log = root / f"{exp}.log"
     t0 = time.perf_counter()
     _run([str(REPO / "train.py"), "arch=resnet50", f"arch.name={args.arch}", f"fold={args.fold}", f"exp={exp}",
-          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *overrides], env, root, log)
+          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common, *overrides],
+         env, root, log)
     train_s = time.perf_counter() - t0
     job = _job_dir(root / "multirun" / exp)
     info = json.loads((job / "run.json").read_text())
@@ -109,7 +111,8 @@ def evaluate(name: str, overrides: list[str], args, root: Path, env: dict) -> di
     scored = scored[scored["usage"] != "Ignored"]
     test_map3 = _score(test_probs, test_fnames, labels, scored)
     out = root / "predictions" / exp
-    _run([str(REPO / "predict.py"), f"runs=[{job}]", f"input={data / SHIFTED_DIR}", f"output_dir={out}"], env, root, log)
+    _run([str(REPO / "predict.py"), f"runs=['{job}']", f"input={data / SHIFTED_DIR}", f"hydra.run.dir={out}",
+          *args.common], env, root, log)
     with np.load(out / "probs.npz") as z:
         sh_fnames, sh_probs = [str(f) for f in z["fnames"]], z["probs"]
     shifted_map3 = _score(sh_probs, sh_fnames, labels, pd.read_csv(data / SHIFTED_LABELS_CSV))
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--fold", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None, help="torch threads per job (default: torch's)")
+    ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every step, e.g. --set data.demo.n_train=120 (a smaller demo)")
     ap.add_argument("--list", action="store_true", help="list the recipes and exit")
     args = ap.parse_args(argv)
     if args.list:
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     env.update(FSTAG_ROOT=str(root), PYTHONUNBUFFERED="1")
     if args.threads:
         env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    _run([str(REPO / "preprocess.py"), "data=demo"], env, root, root / "preprocess.log")
+    _run([str(REPO / "preprocess.py"), "data=demo", *args.common], env, root, root / "preprocess.log")
     if not (root / "data" / "demo" / SHIFTED_DIR).is_dir():
         raise SystemExit(f"{root / 'data' / 'demo'} has no {SHIFTED_DIR}/ (made by an older generator); "
                          "delete the folder and run again")

@@ -36,7 +36,7 @@ from fstag.dataset_layout import DatasetLayout, read_sample_submission, read_tra
 from fstag.io_utils import write_text_atomic
 from fstag.members import Member, resolve_members
 from fstag.submission import score_submission, validate_submission, write_submission
-from fstag.tracking import ensure_experiment, log_params_flat
+from fstag.tracking import ensure_experiment, log_params_flat, metric_name
 
 CALIBRATIONS = ("none", "prior", "temperature")
 CONFIG_NAME = "config.yaml"
@@ -218,7 +218,7 @@ def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, a
         )
         clean = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(clean.items())])
+        client.log_batch(run_id, metrics=[Metric(metric_name(k), v, now, 0) for k, v in sorted(clean.items())])
         for path in artifacts:
             client.log_artifact(run_id, str(path))
     except BaseException:
@@ -234,7 +234,8 @@ def run_blend(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     Returns the metrics logged. Every member is resolved and checked before any predictions are read.
     """
     spec = parse_blend(to_plain(cfg.blend))
-    members = resolve_members(spec.members, Path(cfg.paths.runs_dir) / str(cfg.exp), str(cfg.mlflow.tracking_uri))
+    members = resolve_members(spec.members, Path(cfg.paths.runs_dir) / str(cfg.exp), str(cfg.mlflow.tracking_uri),
+                              str(cfg.data.root))
     labels = members[0].run.labels
     layout = DatasetLayout(Path(cfg.data.root))
     test_fnames = read_sample_submission(layout.sample_submission_csv)["fname"].tolist()

@@ -1,8 +1,9 @@
 """The README's main job on the demo data: preprocess -> a small sweep -> retrain_val -> predict -> blend.
 
-    python -m fstag.demo_job [--folds 0,1] [--augs none,specmask_concat] [--set key=value ...]
+    python -m fstag.demo_job [--folds 0,1] [--augs specmask_concat,robust] [--experiment demo|demo_seed] [--set key=value ...]
 
-The sweep trains the small CNN on every fold x aug (4 jobs by default), retrains each on its validation
+The sweep trains the small CNN with experiment=scratch's recipe (``--experiment demo_seed``: the seed's) on
+every fold x aug (4 jobs by default), retrains each on its validation
 fold, predicts the test split with the fold-0 models, and blends all jobs with OOF-fitted weights.
 
 Each step is the real entry point run as users run it; ``--set`` overrides go to every step (for example
@@ -56,14 +57,17 @@ def _run(step: str, args: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", default="0,1", help="validation folds of the sweep (default 0,1)")
-    ap.add_argument("--augs", default="none,specmask_concat", help="aug options of the sweep (default both)")
+    ap.add_argument("--augs", default="specmask_concat,robust",
+                    help="aug options of the sweep (default specmask_concat,robust: without and with the recording simulation)")
+    ap.add_argument("--experiment", default="demo",
+                    help="the training preset: demo (experiment=scratch's recipe, the default) or demo_seed (the seed's)")
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--train-set", dest="train", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args(argv)
     folds = [f.strip() for f in a.folds.split(",") if f.strip()]
     augs = [x.strip() for x in a.augs.split(",") if x.strip()]
     common = ["data=demo", *a.common]
-    train = ["-m", "experiment=demo", f"fold={','.join(folds)}", f"aug={','.join(augs)}", *common, *a.train]
+    train = ["-m", f"experiment={a.experiment}", f"fold={','.join(folds)}", f"aug={','.join(augs)}", *common, *a.train]
     t0 = time.perf_counter()
     _run("preprocess.py", common)
     _run("train.py", train)

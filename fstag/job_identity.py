@@ -33,8 +33,10 @@ IDENTITY_JSON = "identity.json"
 VARIANT_JSON = "variant.json"
 DEFAULT_VARIANT = "default"
 MAX_VARIANT = 128
-# Spelled by the job's path (arch/aug/fold_k[_r]) rather than its variant.
+# Spelled by the job's path (arch/aug/fold_k[_r]) rather than its variant: the group choices and the
+# names the path shows. Other keys inside those groups (arch.input_norm, aug.recording.*) are variant items.
 GROUP_KEYS = ("arch", "aug", "fold", "stage")
+PATH_KEYS = GROUP_KEYS + ("arch.name", "aug.name", "stage.name", "stage.suffix")
 # The context a job runs in: the experiment folder, its preset, its data set (exp defaults to data.name).
 CONTEXT_KEYS = ("exp", "experiment", "data")
 # Keys that change where or how a job runs, not what it computes.
@@ -78,7 +80,7 @@ def variant_items(overrides: list[str], stage: str = "train") -> list[str]:
     items = []
     for ov in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
         key = ov.key_or_group
-        if _matches(key, GROUP_KEYS + CONTEXT_KEYS[:2] + BOOKKEEPING + DATA_LOCATION + STAGE_ONLY.get(stage, ())):
+        if key in PATH_KEYS or _matches(key, CONTEXT_KEYS[:2] + BOOKKEEPING + DATA_LOCATION + STAGE_ONLY.get(stage, ())):
             continue
         if key == "data":  # the data set picks exp (exp: ${data.name}); its content is in the identity
             continue

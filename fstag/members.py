@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from fstag.job_identity import DEFAULT_VARIANT
+from fstag.job_identity import DEFAULT_VARIANT, data_digest
 from fstag.run_dir import MLFLOW_RUN_DIR_TAG as RUN_DIR_TAG
 from fstag.run_dir import OOF_NPZ, TEST_NPZ, RunDir, RunDirError
 
@@ -60,18 +60,26 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> Path:
     return Path(run_dir)
 
 
-def _candidates(spec: str, runs_root: Path) -> list[Path]:
+def _candidates(spec: str, runs_root: Path, data_root: str | None = None) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_absolute():
         return [path]
     if _SHORT_NAME.fullmatch(spec):
         arch, aug, job = spec.split("/")
+        found = [runs_root / arch / aug / DEFAULT_VARIANT / job]
+        # a job whose only override is its data.root (data@<train.csv digest>): this data's, else the only one
+        digest = data_digest(data_root)
+        if digest:
+            found.append(runs_root / arch / aug / f"data@{digest[:8]}" / job)
+        others = sorted((runs_root / arch / aug).glob(f"data@*/{job}"))
+        if len(others) == 1:
+            found.append(others[0])
         # then the layout before variants existed (<arch>/<aug>/fold_<k>)
-        return [runs_root / arch / aug / DEFAULT_VARIANT / job, runs_root / path, path.resolve()]
+        return [*found, runs_root / path, path.resolve()]
     return [runs_root / path, path.resolve()]
 
 
-def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str) -> RunDir:
+def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_root: str | None = None) -> RunDir:
     """Open the run directory a member spec names; raise :class:`MemberError` naming what was looked for."""
     spec = str(spec).strip()
     if _MLFLOW_RUN_ID.fullmatch(spec):
@@ -80,7 +88,7 @@ def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str) -> RunDi
             return RunDir.open(path)
         except RunDirError as exc:
             raise MemberError(f"MLflow run {spec} (tracking store {tracking_uri}) names {exc}") from None
-    candidates = _candidates(spec, Path(runs_root))
+    candidates = _candidates(spec, Path(runs_root), data_root)
     for path in candidates:
         if (path / "run.json").is_file():
             return RunDir.open(path)
@@ -129,7 +137,7 @@ def _problems(members: list[Member]) -> list[str]:
     return problems
 
 
-def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str) -> list[Member]:
+def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None) -> list[Member]:
     """Resolve every spec, then check they are complete and share labels and feature_key.
 
     Raises one :class:`MemberError` listing every problem found.
@@ -140,7 +148,7 @@ def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str) 
     members, problems = [], []
     for spec in specs:
         try:
-            run = resolve_member(spec, runs_root, tracking_uri)
+            run = resolve_member(spec, runs_root, tracking_uri, data_root)
         except (MemberError, RunDirError) as exc:
             problems.append(str(exc))
             continue

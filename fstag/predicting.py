@@ -90,7 +90,7 @@ def run_predict(cfg: DictConfig) -> Path:
         raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids or arch/aug/fold_k names")
     runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
     # resolved and checked together: complete, same label set and feature config
-    runs = [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri))]
+    runs = [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root))]
     first = runs[0]
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else str(cfg.device)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +45,12 @@ def ensure_experiment(tracking_uri: str, experiment: str, artifact_location: str
         if exp is None:
             raise
         return exp.experiment_id
+
+
+def metric_name(key: str) -> str:
+    """``key`` as a valid MLflow metric name: characters other than letters, digits, ``_ - . : /`` and
+    spaces (e.g. a variant's ``=`` and ``,``) become ``:`` for ``=`` and ``_`` otherwise."""
+    return re.sub(r"[^\w\-. :/]", "_", str(key).replace("=", ":"))
 
 
 def log_params_flat(client, run_id: str, params: Mapping[str, Any]) -> None:

@@ -413,3 +413,20 @@ def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):
     validate_submission(root / "submissions" / "demo.csv", root / "data" / "demo" / "sample_submission.csv", LABELS)
     saved = (tmp_path / "out" / "config.yaml").read_text()
     assert "- 0.25\n" in saved and str(root / "multirun" / EXP / "cnn_small/none/default/fold_0_r") in saved
+
+
+def test_short_member_names_find_a_job_trained_on_another_data_root(tmp_path):
+    from fstag.job_identity import data_digest
+    from fstag.members import resolve_member
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("fname,label,manually_verified\na.wav,Bark,1\n")
+    job = tmp_path / "runs" / "resnet18" / "robust" / f"data@{data_digest(data)[:8]}" / "fold_0"
+    job.mkdir(parents=True)
+    (job / "run.json").write_text('{"name": "fold_0", "labels": ["Bark"], "feature_key": "k", "complete": true}')
+    assert resolve_member("resnet18/robust/fold_0", tmp_path / "runs", "unused", str(data)).path == job
+    assert resolve_member("resnet18/robust/fold_0", tmp_path / "runs", "unused").path == job  # the only one
+    (job.parent.parent / "data@00000000" / "fold_0").mkdir(parents=True)
+    with pytest.raises(MemberError, match="resnet18/robust/fold_0"):
+        resolve_member("resnet18/robust/fold_0", tmp_path / "runs", "unused")  # two: ambiguous without data.root

@@ -79,23 +79,23 @@ def _job_paths(overrides, monkeypatch, root):
 
 def test_the_variant_spells_the_overrides_that_change_the_result(monkeypatch, tmp_path):
     base = f"{tmp_path}/multirun/demo/cnn_small/none"
-    job, _, run_dir, sweep_dir = _job_paths(["experiment=demo", "fold=0"], monkeypatch, tmp_path)
+    job, _, run_dir, sweep_dir = _job_paths(["experiment=demo_seed", "fold=0"], monkeypatch, tmp_path)
     assert job == run_dir == sweep_dir == f"{base}/default/fold_0"
     # bookkeeping, context and the default group choice stay out; the rest is sorted, Hydra-style
     job, _, run_dir, sweep_dir = _job_paths(
-        ["experiment=demo", "fold=1", "mixup.alpha=1", "optimizer.lr=0.05", "resume=false", "loader.num_workers=0",
+        ["experiment=demo_seed", "fold=1", "mixup.alpha=1", "optimizer.lr=0.05", "resume=false", "loader.num_workers=0",
          "trainer.enable_progress_bar=false", "data=demo", "mlflow.experiment=x", "data.demo.n_train=9"],
         monkeypatch, tmp_path)
     assert job == run_dir == sweep_dir == f"{base}/mixup.alpha=1,optimizer.lr=0.05/fold_1"
     # a retrain_val job keeps its retrain.* keys; its parent is the train job without them
-    job, parent, _, _ = _job_paths(["experiment=demo", "stage=retrain_val", "optimizer.lr=0.05", "retrain.max_epochs=3"],
+    job, parent, _, _ = _job_paths(["experiment=demo_seed", "stage=retrain_val", "optimizer.lr=0.05", "retrain.max_epochs=3"],
                                    monkeypatch, tmp_path)
     assert job == f"{base}/optimizer.lr=0.05,retrain.max_epochs=3/fold_0_r"
     assert parent == f"{base}/optimizer.lr=0.05/fold_0"
     # a long variant becomes a short hash (fstag.job_identity saves the overrides beside it)
     long = [f"optimizer.lr=0.0{i}23456789012345" for i in range(1, 2)] + [
         "mixup.alpha=2.3456789012345", "mixup.prob=0.56789012345678", "loader.crop_frames=123", "data.unverified_weight=0.123456789"]
-    job, _, _, _ = _job_paths(["experiment=demo", *long], monkeypatch, tmp_path)
+    job, _, _, _ = _job_paths(["experiment=demo_seed", *long], monkeypatch, tmp_path)
     assert re.fullmatch(rf"{re.escape(base)}/v-[0-9a-f]{{10}}/fold_0", job)
 
 
@@ -104,7 +104,17 @@ def test_a_new_data_root_is_a_new_variant_named_by_its_train_csv(monkeypatch, tm
         (tmp_path / name).mkdir()
         (tmp_path / name / "train.csv").write_text(rows)
     (tmp_path / "same").symlink_to(tmp_path / "a")
-    a = _job_paths(["experiment=demo", f"data.root={tmp_path / 'a'}"], monkeypatch, tmp_path)[0]
-    same = _job_paths(["experiment=demo", f"data.root={tmp_path / 'same'}"], monkeypatch, tmp_path)[0]
-    b = _job_paths(["experiment=demo", f"data.root={tmp_path / 'b'}"], monkeypatch, tmp_path)[0]
+    a = _job_paths(["experiment=demo_seed", f"data.root={tmp_path / 'a'}"], monkeypatch, tmp_path)[0]
+    same = _job_paths(["experiment=demo_seed", f"data.root={tmp_path / 'same'}"], monkeypatch, tmp_path)[0]
+    b = _job_paths(["experiment=demo_seed", f"data.root={tmp_path / 'b'}"], monkeypatch, tmp_path)[0]
     assert re.search(r"/cnn_small/none/data@[0-9a-f]{8}/fold_0$", a) and a == same != b
+
+
+def test_keys_inside_the_path_groups_are_variant_items(monkeypatch, tmp_path):
+    base = f"{tmp_path}/multirun/demo"
+    # arch.name and the group choices are spelled by the path; other keys of those groups change the result
+    job = _job_paths(["experiment=scratch", "arch=resnet50", "arch.name=resnet18", "fold=0"], monkeypatch, tmp_path)[0]
+    assert job == f"{base}/resnet18/specmask_concat/default/fold_0"
+    job = _job_paths(["experiment=scratch", "aug=robust", "arch=resnet50", "arch.name=resnet18", "arch.input_norm=bn",
+                      "aug.recording.mel_shift=2"], monkeypatch, tmp_path)[0]
+    assert job == f"{base}/resnet18/robust/arch.input_norm=bn,aug.recording.mel_shift=2/fold_0"

@@ -29,11 +29,13 @@ def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
     cfg = _compose(["experiment=scratch", "arch=resnet50", "arch.name=resnet18", "data=fsdkaggle2018"], monkeypatch, tmp_path)
     assert cfg["arch"]["name"] == "resnet18" and cfg["arch"]["input_norm"] == "band_stats" and not cfg["arch"]["pretrained"]
     assert cfg["optimizer"]["name"] == "adamw" and cfg["scheduler"]["name"] == "warmup_cosine"
-    assert cfg["aug"]["name"] == "robust" and cfg["aug"]["specmask_concat"] and cfg["aug"]["recording"]["enabled"]
+    assert cfg["aug"]["name"] == "specmask_concat" and cfg["aug"]["specmask_concat"] and "recording" not in cfg["aug"]
     assert cfg["specaug"]["enabled"] and cfg["loss"]["label_smoothing"] == 0.1 and cfg["data"]["name"] == "fsdkaggle2018"
     # an aug on the command line wins over the recipe's
     plain = _compose(["experiment=scratch", "aug=none"], monkeypatch, tmp_path)
     assert plain["aug"]["name"] == "none" and "recording" not in plain["aug"]
+    robust = _compose(["experiment=scratch", "aug=robust"], monkeypatch, tmp_path)
+    assert robust["aug"]["specmask_concat"] and robust["aug"]["recording"]["enabled"]
     # the seed's recipe is untouched without the experiment
     seed = _compose(["aug=robust"], monkeypatch, tmp_path)
     assert seed["optimizer"]["name"] == "sgd" and seed["arch"]["input_norm"] == "bn" and seed["aug"]["recording"]["enabled"]
@@ -42,7 +44,7 @@ def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_scratch_job_carries_its_band_stats_and_predicts_a_folder(demo_project, tmp_path):
     p = demo_project
-    p.run("train.py", "experiment=scratch", "arch=cnn_small", "exp=scratch", "noise=prune", "noise.warmup_epochs=2",
+    p.run("train.py", "experiment=scratch", "arch=cnn_small", "aug=robust", "exp=scratch", "noise=prune", "noise.warmup_epochs=2",
           *TINY_OVERRIDES)
     jobs = sorted((p.root / "multirun" / "scratch").rglob("run.json"))
     assert len(jobs) == 1
@@ -64,7 +66,7 @@ def test_scratch_job_carries_its_band_stats_and_predicts_a_folder(demo_project, 
     folder.mkdir()
     for f in sorted((p.root / "data" / "demo" / "audio_test").glob("*.wav"))[:4]:
         shutil.copy(f, folder / f.name)
-    p.run("predict.py", f"runs=[{job}]", f"input={folder}", "tta=2", f"hydra.run.dir={tmp_path / 'pred'}")
+    p.run("predict.py", f"runs=['{job}']", f"input={folder}", "tta=2", f"hydra.run.dir={tmp_path / 'pred'}")
     with np.load(tmp_path / "pred" / "probs.npz") as z:
         probs = z["probs"]
     assert probs.shape[0] == 4 and np.isfinite(probs).all()

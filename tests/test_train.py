@@ -269,7 +269,7 @@ def test_an_identical_rerun_skips_and_a_changed_config_in_a_used_directory_is_an
     assert "nothing to do" in res.stdout + res.stderr and (job / "checkpoints" / "best.ckpt").stat().st_mtime_ns == before
     assert len(_lrtest_runs(lr_grid)) == n_runs
     # the same variant under another preset: the demo's batch size and epochs differ from the tiny one's
-    res = lr_grid.run("train.py", "experiment=demo", "fold=0", "optimizer.lr=0.05", "trainer.max_epochs=1",
+    res = lr_grid.run("train.py", "experiment=demo_seed", "fold=0", "optimizer.lr=0.05", "trainer.max_epochs=1",
                       "exp=lrtest", "trainer.enable_progress_bar=false", check=False, timeout=120)
     assert res.returncode != 0
     err = res.stdout + res.stderr
