@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -30,10 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.train_throughput import machine  # noqa: E402
 from fstag.demo_data import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
 from fstag.metrics import map_at_3  # noqa: E402
 
@@ -41,34 +42,25 @@ SEED_LIKE = ["loader.batch_size=32", "trainer.accumulate=null"]
 # name -> (overrides, what it is). "scratch-*" rows remove or add one ingredient of experiment=scratch.
 RECIPES: dict[str, tuple[list[str], str]] = {
     "seed": (SEED_LIKE, "the seed's recipe (SGD 0.009, mixup p=0.7 Beta(3,3), cosine x step), batch 32"),
-    "plain": (["experiment=scratch", "aug=none", "specaug.enabled=false", "mixup.enabled=false",
+    "plain": (["experiment=scratch", "aug=none", "noise=none", "specaug.enabled=false", "mixup.enabled=false",
                "arch.input_norm=bn", "optimizer.lr=1e-3", "optimizer.weight_decay=0.01",
                "scheduler.final_lr_ratio=1.0", "loader.pad_value=0.0"],
               "the 40-line script's recipe: AdamW 1e-3 constant, label smoothing 0.1, per-channel input norm, no aug"),
-    "scratch": (["experiment=scratch"], "experiment=scratch (aug=specmask_concat)"),
-    # the rows below add one thing to experiment=scratch + aug=robust
-    "robust": (["experiment=scratch", "aug=robust"], "plus the recording-condition simulation (aug=robust)"),
-    "robust+mixstyle": (["experiment=scratch", "aug=robust", "mixstyle.enabled=true"], "aug=robust plus Freq-MixStyle"),
-    "robust+prune": (["experiment=scratch", "aug=robust", "noise=prune"], "aug=robust plus noise=prune"),
-    "robust+uw0.5": (["experiment=scratch", "aug=robust", "data.unverified_weight=0.5"],
-                     "aug=robust plus data.unverified_weight=0.5"),
-    "robust+mel_shift": (["experiment=scratch", "aug=robust", "aug.recording.mel_shift=2"], "aug=robust plus a +-2 band mel shift"),
+    "scratch": (["experiment=scratch"], "experiment=scratch (aug=specmask_concat, noise=prune)"),
+    "scratch-no_prune": (["experiment=scratch", "noise=none"], "experiment=scratch with noise=none"),
+    # experiment=scratch + aug=robust + noise=none, and one change each
+    "robust": (["experiment=scratch", "aug=robust", "noise=none"], "noise=none + the recording simulation (aug=robust)"),
+    "robust+prune": (["experiment=scratch", "aug=robust"], "aug=robust with noise=prune"),
+    "robust+uw0.5": (["experiment=scratch", "aug=robust", "noise=none", "data.unverified_weight=0.5"],
+                     "aug=robust, noise=none, data.unverified_weight=0.5"),
+    "robust+mixstyle": (["experiment=scratch", "aug=robust", "noise=none", "mixstyle.enabled=true"],
+                        "aug=robust, noise=none, plus Freq-MixStyle"),
+    "robust+mel_shift": (["experiment=scratch", "aug=robust", "noise=none", "aug.recording.mel_shift=2"],
+                         "aug=robust, noise=none, plus a +-2 band mel shift"),
     "scratch-no_mixup": (["experiment=scratch", "mixup.enabled=false"], "experiment=scratch without mixup"),
     "scratch-no_specaug": (["experiment=scratch", "specaug.enabled=false"], "experiment=scratch without SpecAugment"),
     "scratch-bn": (["experiment=scratch", "arch.input_norm=bn"], "experiment=scratch, input BatchNorm instead of band stats"),
 }
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def _run(args: list[str], env: dict, cwd: Path, log: Path) -> None:
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         results_path.write_text(json.dumps(results, indent=1))
         r = results[name]
         print(f"{name}: test MAP@3 {r['test_map3']:.4f}, shifted MAP@3 {r['shifted_map3']:.4f} ({r['train_s']:.0f} s)", flush=True)
-    print(f"\n{machine()}; arch {args.arch}, fold {args.fold}, {args.epochs} epochs\n")
+    print(f"\n{machine(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}; arch {args.arch}, fold {args.fold}, {args.epochs} epochs\n")
     print("| recipe | what | test MAP@3 | shifted MAP@3 | val_acc1 | train s |")
     print("|---|---|---|---|---|---|")
     for name in names:

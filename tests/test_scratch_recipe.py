@@ -31,6 +31,7 @@ def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
     assert cfg["optimizer"]["name"] == "adamw" and cfg["scheduler"]["name"] == "warmup_cosine"
     assert cfg["aug"]["name"] == "specmask_concat" and cfg["aug"]["specmask_concat"] and "recording" not in cfg["aug"]
     assert cfg["specaug"]["enabled"] and cfg["loss"]["label_smoothing"] == 0.1 and cfg["data"]["name"] == "fsdkaggle2018"
+    assert cfg["noise"]["name"] == "prune"
     # an aug on the command line wins over the recipe's
     plain = _compose(["experiment=scratch", "aug=none"], monkeypatch, tmp_path)
     assert plain["aug"]["name"] == "none" and "recording" not in plain["aug"]
