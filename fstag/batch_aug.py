@@ -116,8 +116,8 @@ def simulate_recording(x: torch.Tensor, cfg: Mapping[str, Any], frame_rate: floa
         return x
     logmel = x[:, 0].float()
     power = 10.0 ** (logmel / 10.0)
-    rt = cfg.get("rt60_s", [0.2, 1.2])
     if float(cfg.get("reverb_prob", 0.0)) > 0:
+        rt = cfg.get("rt60_s", [0.2, 1.2])
         use = (_chosen(b, float(cfg["reverb_prob"]), dev) & on).to(power.dtype)
         wet = _uniform(b, *[float(v) for v in cfg.get("wet", [0.1, 1.0])], dev) * use
         power = reverberate(power, _uniform(b, float(rt[0]), float(rt[1]), dev), wet, frame_rate)

@@ -40,11 +40,10 @@ class TaggingModule(pl.LightningModule):
         self._val_targets: list[torch.Tensor] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self.hparams.gpu or {}).get("channels_last") and x.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self._classify(self.model.normalize(x))
 
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone on normalised inputs (channels_last on a GPU when gpu.channels_last)."""
         if (self.hparams.gpu or {}).get("channels_last") and x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model.classify(x)
