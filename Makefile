@@ -7,7 +7,8 @@ BIN    := $(VENV)/bin
 # The torch trio is pinned and installed first, so pip never picks torch on its own.
 TORCH  := torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
 FOLDS  ?= 0,1
-PYTEST_ARGS ?=
+# Test files run on 2 workers (pytest-xdist; a file's tests stay together on one, in order).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: setup demo test bench clean-demo
 

@@ -38,7 +38,7 @@ from bench.train_throughput import machine  # noqa: E402
 from fstag.demo_data import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
 from fstag.metrics import map_at_3  # noqa: E402
 
-SEED_LIKE = ["loader.batch_size=32", "trainer.accumulate=null"]
+SEED_LIKE = ["loader.batch_size=32", "callbacks.gradient_accumulation=null"]
 # name -> (overrides, what it is). "scratch-*" rows remove or add one ingredient of experiment=scratch.
 RECIPES: dict[str, tuple[list[str], str]] = {
     "seed": (SEED_LIKE, "the seed's recipe (SGD 0.009, mixup p=0.7 Beta(3,3), cosine x step), batch 32"),

@@ -44,7 +44,7 @@ def main() -> None:
     steps: list[tuple[str, list[str]]] = [("preprocess.py", [*data, f"preprocess.device={a.device}"])]
     for arch, aug in (("resnext101_32x4d", "none"), ("resnet50", "specmask_concat")):
         common = [*data, f"arch={arch}", f"aug={aug}", "fold=1", f"arch.pretrained={str(a.pretrained).lower()}",
-                  "trainer.enable_progress_bar=false", "early_stopping.patience=1000"]
+                  "trainer.enable_progress_bar=false", "callbacks.early_stopping.patience=1000"]
         steps.append(("train.py", [*common, f"trainer.max_epochs={a.epochs}", f"trainer.min_epochs={a.epochs}"]))
         steps.append(("train.py", [*common, "stage=retrain_val", f"retrain.max_epochs={a.retrain_epochs}",
                                    f"retrain.min_epochs={a.retrain_epochs}", "retrain.patience=1000"]))

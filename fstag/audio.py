@@ -67,12 +67,24 @@ def trim_bounds(y: np.ndarray, top_db: float) -> tuple[int, int]:
     rounding of the threshold. ``(0, 0)`` when nothing is above the threshold (possible only for
     ``top_db <= 0``).
     """
+    return _bounds_from_blocks(block_energy(y), y.shape[-1], top_db)
+
+
+def block_energy(y: np.ndarray) -> np.ndarray:
+    """Sums of ``y**2`` (float64) over consecutive blocks of :data:`TRIM_HOP_LENGTH` samples (the last
+    one zero-padded): what :func:`trim_bounds` needs, computable block by block on a stream."""
+    hop = TRIM_HOP_LENGTH
+    padded = np.zeros(-(-y.shape[-1] // hop) * hop, dtype=np.float64)
+    padded[: y.shape[-1]] = y
+    return np.einsum("ij,ij->i", padded.reshape(-1, hop), padded.reshape(-1, hop))
+
+
+def _bounds_from_blocks(energy: np.ndarray, n: int, top_db: float) -> tuple[int, int]:
     hop, blocks_per_frame = TRIM_HOP_LENGTH, TRIM_FRAME_LENGTH // TRIM_HOP_LENGTH
-    n = y.shape[-1]
     n_frames = 1 + n // hop
-    padded = np.zeros(hop * (n_frames + blocks_per_frame - 1), dtype=np.float64)
-    padded[TRIM_FRAME_LENGTH // 2 : TRIM_FRAME_LENGTH // 2 + n] = y
-    block = np.einsum("ij,ij->i", padded.reshape(-1, hop), padded.reshape(-1, hop))
+    block = np.zeros(n_frames + blocks_per_frame - 1, dtype=np.float64)
+    lead = TRIM_FRAME_LENGTH // 2 // hop  # centred frames: the zero padding before sample 0
+    block[lead : lead + energy.shape[0]] = energy
     frame_sum = np.convolve(block, np.ones(blocks_per_frame), mode="valid")
     power = np.maximum(frame_sum / TRIM_FRAME_LENGTH, _TRIM_AMIN_POWER)
     db = 10.0 * np.log10(power) - 10.0 * np.log10(power.max())
@@ -104,3 +116,84 @@ def load_clip(path: str | os.PathLike, cfg: "FeatureConfig") -> np.ndarray:
     at the native rate. Raises :class:`AudioError` (see :func:`read_audio`)."""
     y, sr = read_audio(path)
     return resample(trim_silence(y, cfg.trim_top_db), sr, cfg.sample_rate)
+
+
+# --------------------------------------------------------------------------------------------------
+# Long files: the same waveform, streamed a block at a time (bounded memory)
+# --------------------------------------------------------------------------------------------------
+
+STREAM_BLOCK = 1 << 19  # samples per read (a multiple of TRIM_HOP_LENGTH)
+
+
+def audio_info(path: str | os.PathLike) -> tuple[int, int]:
+    """``(frames, sample rate)`` of a file from its header; :class:`AudioError` if it cannot be opened."""
+    if not os.path.isfile(path):
+        raise AudioError("file not found")
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:
+        raise AudioError(f"cannot decode audio: {exc}") from exc
+    return int(info.frames), int(info.samplerate)
+
+
+def iter_mono(path: str | os.PathLike, start: int = 0, stop: int | None = None, block: int = STREAM_BLOCK):
+    """float32 mono blocks of samples ``[start, stop)`` of a file, decoded as :func:`read_audio` does."""
+    try:
+        with sf.SoundFile(path) as f:
+            pcm16 = f.subtype == "PCM_16"
+            stop = f.frames if stop is None else stop
+            f.seek(start)
+            pos = start
+            while pos < stop:
+                n = min(block, stop - pos)
+                if pcm16:
+                    y = np.multiply(f.read(n, dtype="int16", always_2d=True), _PCM16_SCALE, dtype=np.float32)
+                else:
+                    y = f.read(n, dtype="float32", always_2d=True)
+                if y.shape[0] == 0:
+                    break  # a file cut in its data chunk: what libsndfile reads, as read_audio
+                pos += y.shape[0]
+                y = y[:, 0] if y.shape[1] == 1 else y.mean(axis=1, dtype=np.float32)
+                if not np.isfinite(y).all():
+                    raise AudioError("audio holds non-finite samples (NaN or Inf)")
+                yield np.ascontiguousarray(y)
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"cannot decode audio: {exc}") from exc
+
+
+def stream_trim_bounds(path: str | os.PathLike, top_db: float) -> tuple[int, int, int]:
+    """``(start, end, n)`` of :func:`trim_bounds` for a whole file, read block by block."""
+    energy, n = [], 0
+    for y in iter_mono(path):
+        energy.append(block_energy(y))
+        n += y.shape[0]
+    if n == 0:
+        raise AudioError("empty audio (0 samples)")
+    start, end = _bounds_from_blocks(np.concatenate(energy), n, top_db)
+    return (start, end, n) if end > start else (0, n, n)
+
+
+def stream_clip(path: str | os.PathLike, cfg: "FeatureConfig", block: int = STREAM_BLOCK):
+    """:func:`load_clip`'s waveform as consecutive float32 blocks (their concatenation equals it: the
+    trim decision is :func:`trim_bounds`', soxr's stream resampler equals its one-shot call)."""
+    _, sr = audio_info(path)
+    start, end, _ = stream_trim_bounds(path, cfg.trim_top_db)
+    if sr == cfg.sample_rate:
+        yield from iter_mono(path, start, end, block)
+        return
+    n_out = int(np.ceil((end - start) * (float(cfg.sample_rate) / sr)))
+    rs = soxr.ResampleStream(sr, cfg.sample_rate, 1, dtype="float32", quality="soxr_hq")
+    done = 0
+    for y in iter_mono(path, start, end, block):
+        out = rs.resample_chunk(y, last=False)[: n_out - done]
+        done += out.shape[0]
+        if out.shape[0]:
+            yield np.ascontiguousarray(out, dtype=np.float32)
+    out = rs.resample_chunk(np.zeros(0, dtype=np.float32), last=True)[: n_out - done]
+    done += out.shape[0]
+    if done < n_out:
+        out = np.concatenate([out, np.zeros(n_out - done, dtype=np.float32)])
+    if out.shape[0]:
+        yield np.ascontiguousarray(out, dtype=np.float32)

@@ -1,7 +1,8 @@
 """The job of blend.py: members -> blended, calibrated test probabilities -> validated, scored submission.
 
-Also saves the self-contained config that rebuilds the same submission (resolved paths, member run
-directories, the exact weights used) and logs the blend as one MLflow run.
+Also saves the blended test probabilities (``probs.npz``) and the self-contained config that rebuilds the
+same submission (resolved paths, member run directories, the exact weights used), and logs the blend as
+one MLflow run.
 """
 
 from __future__ import annotations
@@ -19,27 +20,33 @@ from omegaconf import DictConfig, OmegaConf
 from fstag import calibration as calib
 from fstag.blending import (
     METHODS,
+    MIN_VERIFIED_ROWS,
     BlendError,
     Families,
     SharedOOF,
+    WeightFit,
     align,
     combine,
     family_oof,
-    fit_weights,
+    fit_weights_cv,
     group_families,
+    kfold_parts,
     normalise,
     scores,
     shared_oof,
 )
 from fstag.config import to_plain
 from fstag.dataset_layout import DatasetLayout, read_sample_submission, read_train_csv
-from fstag.io_utils import write_text_atomic
+from fstag.io_utils import save_npz_atomic, write_text_atomic
 from fstag.members import Member, resolve_members
-from fstag.submission import score_submission, validate_submission, write_submission
+from fstag.run_dir import TEST_NPZ
+from fstag.reports import REPORTS_DIR, log_blend_reports
+from fstag.submission import read_test_flags, score_submission, validate_submission, write_submission
 from fstag.tracking import ensure_experiment, log_params_flat, metric_name
 
 CALIBRATIONS = ("none", "prior", "temperature")
 CONFIG_NAME = "config.yaml"
+PROBS_NPZ = "probs.npz"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,9 @@ class BlendSpec:
     calibration: str
     test_share: Any
     submission: Path
+    cv_folds: int = 5
+    cv_seed: int = 0
+    min_verified: int = MIN_VERIFIED_ROWS
 
 
 def parse_blend(blend: Mapping[str, Any]) -> BlendSpec:
@@ -85,6 +95,17 @@ def parse_blend(blend: Mapping[str, Any]) -> BlendSpec:
     calibration = str(blend.get("calibration") or "none")
     if calibration not in CALIBRATIONS:
         raise BlendError(f"blend.calibration must be one of {CALIBRATIONS}, got {calibration!r}")
+    oof = blend.get("oof") or {}
+    unknown = sorted(set(oof) - {"folds", "seed", "min_verified"})
+    if unknown:
+        raise BlendError(f"blend.oof has unknown key(s) {unknown}; expected folds, seed, min_verified")
+    try:
+        cv_folds, cv_seed = int(oof.get("folds", 5)), int(oof.get("seed", 0))
+        min_verified = int(oof.get("min_verified", MIN_VERIFIED_ROWS))
+    except (TypeError, ValueError):
+        raise BlendError(f"blend.oof.folds, .seed and .min_verified must be integers, got {dict(oof)}") from None
+    if cv_folds < 2 or min_verified < 0:
+        raise BlendError(f"blend.oof.folds must be at least 2 and blend.oof.min_verified at least 0, got {dict(oof)}")
     return BlendSpec(
         name=str(blend["name"]),
         members=members,
@@ -93,6 +114,9 @@ def parse_blend(blend: Mapping[str, Any]) -> BlendSpec:
         calibration=calibration,
         test_share=(blend.get("prior") or {}).get("test_share"),
         submission=Path(blend["submission"]),
+        cv_folds=cv_folds,
+        cv_seed=cv_seed,
+        min_verified=min_verified,
     )
 
 
@@ -124,17 +148,27 @@ def _require_shared_rows(spec: BlendSpec, members, oofs, shared: SharedOOF) -> N
         )
 
 
-def _weights(spec: BlendSpec, shared: SharedOOF, families: Families, n: int) -> list[float]:
+def _verified(layout: DatasetLayout, fnames: list[str]) -> np.ndarray:
+    """train.csv's ``manually_verified`` flag of each OOF row (True where train.csv has no such column)."""
+    train = read_train_csv(layout.train_csv)
+    flag = dict(zip(train["fname"], train["manually_verified"].astype(bool)))
+    return np.array([flag.get(f, False) for f in fnames], dtype=bool)
+
+
+def _weights(spec: BlendSpec, shared: SharedOOF, families: Families, n: int, verified) -> tuple[list[float], WeightFit | None]:
     """The member weights passed to :func:`combine`, exactly as saved for a rebuild (``oof``: fitted
-    per family on the families' shared OOF rows, then spread over each family's members)."""
+    per family on the families' shared OOF rows, cross-validated, then split equally over each family's
+    members), and the fit's report (None unless ``oof``)."""
     if spec.weights == "oof":
-        return families.member_weights(fit_weights(shared.probs, shared.targets, spec.method))
+        fit = fit_weights_cv(shared.probs, shared.targets, spec.method, verified, spec.min_verified, spec.cv_folds,
+                             spec.cv_seed)
+        return families.member_weights(fit.weights), fit
     if spec.weights is None:
-        return [float(w) for w in normalise(np.ones(n))]
-    return list(spec.weights)
+        return [float(w) for w in normalise(np.ones(n))], None
+    return list(spec.weights), None
 
 
-def _oof_report(members, oofs, shared, families, spec, weights) -> tuple[list[tuple], dict[str, float]]:
+def _oof_report(members, oofs, shared, families, spec, weights, fit) -> tuple[list[tuple], dict[str, float]]:
     """Rows (name, n, map3, acc1, weight) for the table, and the matching MLflow metrics."""
     rows, metrics = [], {}
     family_w = families.family_weights(weights)
@@ -152,7 +186,34 @@ def _oof_report(members, oofs, shared, families, spec, weights) -> tuple[list[tu
         s = scores(combine(shared.probs, family_w, spec.method), shared.targets)
         rows.append(("blend", n, s["map3"], s["acc1"], None))
         metrics.update({"oof_map3": s["map3"], "oof_acc1": s["acc1"], "oof_n_shared": float(n)})
+    if fit is not None:
+        metrics.update({
+            "oof_map3_in_sample": fit.in_sample, "oof_map3_cv": fit.cv, "oof_map3_equal_weights_fit_rows": fit.equal,
+            "oof_fit_n": float(fit.n_rows), "oof_fit_verified_only": float(fit.verified_only),
+            "oof_cv_folds": float(fit.folds),
+        })
     return rows, metrics
+
+
+def _weight_notes(members, families: Families, fit: WeightFit | None, spec: BlendSpec) -> list[str]:
+    """What the OOF weights rest on: the fitting rows and both scores, and the members weighed by family."""
+    notes = []
+    if fit is not None:
+        rows = f"{fit.n_rows} verified" if fit.verified_only else f"all {fit.n_rows}"
+        why = "" if fit.verified_only else f" (fewer than blend.oof.min_verified={spec.min_verified} are verified)"
+        notes.append(
+            f"OOF weights fitted per family on {rows} shared OOF rows{why}: MAP@3 in-sample {fit.in_sample:.4f}, "
+            f"{fit.folds}-fold cross-validated {fit.cv:.4f} (equal weights {fit.equal:.4f}); "
+            "the cross-validated score is the honest one"
+        )
+    for i, m in enumerate(members):
+        if spec.weights == "oof" and families.retrain and families.retrain[i]:
+            notes.append(
+                f"{m.key}: retrain_val run carrying its parent's OOF, so OOF rows cannot weigh it; it shares the "
+                f"weight of family {families.keys[families.of_member[i]]} equally with its "
+                f"{families.size(i) - 1} other member(s)"
+            )
+    return notes
 
 
 def _print_table(rows: list[tuple]) -> None:
@@ -164,14 +225,40 @@ def _print_table(rows: list[tuple]) -> None:
 
 
 def _calibrate(spec, blend_test, shared, family_w, labels, layout) -> tuple[np.ndarray, dict[str, float]]:
-    """Apply ``blend.calibration`` to the blended test probabilities; also return metrics to log."""
+    """Apply ``blend.calibration`` to the blended test probabilities; also return metrics to log.
+
+    Temperature scaling keeps every row's ranking (the submission is the same without it); it is scored
+    on the shared OOF rows by log-loss and top-1 ECE, before and after, with the temperature of each
+    row fitted on the other parts of a K-fold split (out of sample).
+    """
     if spec.calibration == "prior":
         train = calib.class_shares(read_train_csv(layout.train_csv)["label"], labels)
         return calib.prior_correction(blend_test, train, calib.expected_test_shares(spec.test_share, labels)), {}
     if spec.calibration == "temperature":
-        model = calib.fit_temperature(combine(shared.probs, family_w, spec.method), shared.targets)
-        return calib.apply_temperature(model, blend_test), {"temperature": calib.temperature_of(model)}
+        oof_blend = combine(shared.probs, family_w, spec.method)
+        model = calib.fit_temperature(oof_blend, shared.targets)
+        metrics = {"temperature": calib.temperature_of(model),
+                   "oof_logloss_before": calib.log_loss(oof_blend, shared.targets),
+                   "oof_ece_before": calib.expected_calibration_error(oof_blend, shared.targets)}
+        parts = kfold_parts(len(shared.targets), spec.cv_folds, spec.cv_seed)
+        if len(parts) >= 2:
+            after = calib.cross_validated_temperature(oof_blend, shared.targets, parts)
+            metrics.update({"oof_logloss_after": calib.log_loss(after, shared.targets),
+                            "oof_ece_after": calib.expected_calibration_error(after, shared.targets)})
+        return calib.apply_temperature(model, blend_test), metrics
     return blend_test, {}
+
+
+def _print_calibration(spec: BlendSpec, metrics: dict[str, float], n_rows: int) -> None:
+    if spec.calibration != "temperature":
+        return
+    print(f"temperature scaling: T = {metrics['temperature']:.4f} (fitted on {n_rows} OOF rows). It keeps every "
+          "row's ranking, so the submission's top 3 and its MAP@3 are the same as without it; it changes only "
+          f"the probabilities in {PROBS_NPZ}.")
+    if "oof_logloss_after" in metrics:
+        print(f"  OOF log-loss {metrics['oof_logloss_before']:.4f} -> {metrics['oof_logloss_after']:.4f}, "
+              f"ECE (top-1, 15 bins) {metrics['oof_ece_before']:.4f} -> {metrics['oof_ece_after']:.4f} "
+              f"({spec.cv_folds}-fold cross-validated temperature)")
 
 
 def save_config(cfg: DictConfig, members: list[Member], weights: list[float], output_dir: str | Path) -> Path:
@@ -182,7 +269,7 @@ def save_config(cfg: DictConfig, members: list[Member], weights: list[float], ou
     from hydra.core.hydra_config import HydraConfig
 
     plain = to_plain(cfg)
-    plain["blend"]["members"] = [str(m.path.resolve()) for m in members]
+    plain["blend"]["members"] = [m.saved_spec for m in members]  # runs:/<id> for MLflow members, else the path
     plain["blend"]["weights"] = weights
     if HydraConfig.initialized():
         plain["hydra"] = {"run": {"dir": OmegaConf.to_container(HydraConfig.get().run, resolve=False)["dir"]}}
@@ -191,8 +278,11 @@ def save_config(cfg: DictConfig, members: list[Member], weights: list[float], ou
     return path
 
 
-def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, artifacts, output_dir) -> str:
-    """Log the blend as one MLflow run ``blend/<name>``; return its run id."""
+def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, artifacts, output_dir,
+                  families: Families | None = None, also=None) -> str:
+    """Log the blend as one MLflow run ``blend/<name>``; return its run id. ``families``: the members
+    that share one OOF weight (a train run and its retrain_val runs), logged as the ``families`` param.
+    ``also(run_id)`` logs more (the per-class reports) before the run is marked FINISHED."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -210,6 +300,11 @@ def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, a
                 "member_dirs": json.dumps([str(m.path.resolve()) for m in members]),
                 "weights": json.dumps(weights),
                 "weights_mode": "oof" if spec.weights == "oof" else "equal" if spec.weights is None else "given",
+                "oof.folds": spec.cv_folds,
+                "oof.seed": spec.cv_seed,
+                "oof.min_verified": spec.min_verified,
+                "families": json.dumps({k: [m.key for m, f in zip(members, families.of_member) if f == i]
+                                        for i, k in enumerate(families.keys)} if families else None),
                 "method": spec.method,
                 "calibration": spec.calibration,
                 "prior.test_share": json.dumps(spec.test_share),
@@ -221,6 +316,8 @@ def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, a
         client.log_batch(run_id, metrics=[Metric(metric_name(k), v, now, 0) for k, v in sorted(clean.items())])
         for path in artifacts:
             client.log_artifact(run_id, str(path))
+        if also is not None:
+            also(run_id)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -246,27 +343,39 @@ def run_blend(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     families = group_families([m.run.info for m in members])
     shared = shared_oof(family_oof(oofs, families, keys), families.keys)
     _require_shared_rows(spec, members, oofs, shared)
-    weights = _weights(spec, shared, families, len(members))
-    rows, metrics = _oof_report(members, oofs, shared, families, spec, weights)
+    verified = _verified(layout, shared.fnames) if spec.weights == "oof" else None
+    weights, fit = _weights(spec, shared, families, len(members), verified)
+    rows, metrics = _oof_report(members, oofs, shared, families, spec, weights, fit)
     _print_table(rows)
     if not shared.fnames:
         print("(the members share no OOF row, so the blend has no OOF score)")
+    for note in _weight_notes(members, families, fit, spec):
+        print(note)
 
     family_w = families.family_weights(weights)
     blend_test, extra = _calibrate(spec, combine(test, weights, spec.method), shared, family_w, labels, layout)
     metrics.update(extra)
 
+    probs_path = Path(output_dir) / PROBS_NPZ
+    save_npz_atomic(probs_path, fnames=np.array(test_fnames), probs=blend_test.astype(np.float32),
+                    labels=np.array(labels))
     submission = write_submission(spec.submission, test_fnames, blend_test, labels)
     validate_submission(submission, layout.sample_submission_csv, labels)
     labels_csv = layout.test_labels_csv()
-    test_scores = score_submission(submission, labels_csv, labels) if labels_csv else {}
+    flags = read_test_flags([m.path / TEST_NPZ for m in members])  # clips no member could hear (missing, silent)
+    test_scores = score_submission(submission, labels_csv, labels, flags=flags) if labels_csv else {}
     metrics.update({f"test_{k}": v for k, v in test_scores.items()})
 
     config_path = save_config(cfg, members, weights, output_dir)
-    log_to_mlflow(cfg, spec, members, weights, metrics, [submission, config_path], output_dir)
+    def reports(run_id: str) -> None:  # per-class reports on the blended OOF rows and the scored test rows
+        log_blend_reports(str(cfg.mlflow.tracking_uri), run_id, labels, Path(output_dir) / REPORTS_DIR,
+                          combine(shared.probs, family_w, spec.method) if shared.fnames else None, shared.targets,
+                          blend_test, test_fnames, labels_csv)
 
-    if "temperature" in metrics:
-        print(f"temperature scaling: T = {metrics['temperature']:.4f} (fitted on {len(shared.fnames)} OOF rows)")
+    log_to_mlflow(cfg, spec, members, weights, metrics, [submission, config_path, probs_path], output_dir, families,
+                  also=reports)
+
+    _print_calibration(spec, metrics, len(shared.fnames))
     print(f"submission: {submission}")
     if test_scores:
         parts = "".join(

@@ -1,4 +1,10 @@
-"""Probability calibration of a blend: the seed's class-prior correction and OOF-fitted temperature scaling."""
+"""Probability calibration of a blend: the seed's class-prior correction and OOF-fitted temperature scaling,
+and the scores that measure calibration (log-loss, expected calibration error).
+
+Temperature scaling divides every row's log-probabilities by one T > 0, which keeps each row's ranking:
+it cannot change a top-3 submission or its MAP@3, only the probabilities (``probs.npz``). The prior
+correction shifts each class by its own factor, so it can reorder a row's labels.
+"""
 
 from __future__ import annotations
 
@@ -120,3 +126,43 @@ def temperature_of(model: CalibratedClassifierCV) -> float:
 def apply_temperature(model: CalibratedClassifierCV, probs) -> np.ndarray:
     """Calibrated (N, C) probabilities from a model fitted by :func:`fit_temperature`."""
     return model.predict_proba(_log(probs))
+
+
+def cross_validated_temperature(probs, targets, parts) -> np.ndarray:
+    """(N, C) probabilities each calibrated by a temperature fitted on the other ``parts`` (row index
+    arrays covering ``range(N)``): out-of-sample calibrated probabilities, to score the calibration."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(parts) < 2:
+        raise CalibrationError(f"cross-validating a temperature needs at least 2 parts of the OOF rows, got {len(parts)}")
+    out = np.empty_like(probs)
+    everything = np.arange(len(targets))
+    for part in parts:
+        rest = np.setdiff1d(everything, part)
+        out[part] = apply_temperature(fit_temperature(probs[rest], targets[rest]), probs[part])
+    return out
+
+
+# --- calibration scores ----------------------------------------------------------------------------
+def log_loss(probs, targets) -> float:
+    """Mean negative log-probability of the true class (probabilities clipped at ``EPS``)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], EPS, 1.0))))
+
+
+def expected_calibration_error(probs, targets, n_bins: int = 15) -> float:
+    """Top-1 ECE: rows binned by their top probability into ``n_bins`` equal bins of (0, 1] (bin b holds
+    b/n < conf <= (b+1)/n), then the sum over bins of (rows in bin / N) x |accuracy - mean confidence|."""
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    if len(targets) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == targets).astype(np.float64)
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    ece = 0.0
+    for b in np.unique(bins):
+        inside = bins == b
+        ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return float(ece)

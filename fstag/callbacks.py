@@ -5,7 +5,12 @@ run that groups its jobs in the MLflow UI:
 - each launch (``python train.py -m ...``) has its own parent, so sweeps in one ``exp``, one after the other
   or at the same time, keep theirs; an Optuna study with a storage keeps one parent over its resumptions;
 - the parent's id reaches each job through the job's own process (``on_job_start`` sets
-  ``FSTAG_MLFLOW_PARENT_RUN_ID``), whatever the launcher (basic in-process, joblib workers);
+  ``FSTAG_MLFLOW_PARENT_RUN_ID``), whatever the launcher (basic in-process, joblib workers, submitit
+  processes or SLURM jobs: the callback travels pickled with each job, its run id with it);
+- with ``hydra/launcher=joblib`` on several GPUs, each worker process is pinned to a GPU of its own
+  (:func:`fstag.launchers.lease_gpu`);
+- against a tracking server (``http(s)://``), the experiment it creates keeps the server's artifact
+  store (``mlflow server --serve-artifacts``), so the artifacts are where anyone with the server finds them;
 - a failed job marks its own run and the parent FAILED; at the end the parent is FINISHED unless a job
   failed, and carries the best child's optimised metric (``best_<metric>``), its run name and overrides;
 - with the Optuna sweeper and a storage, a study interrupted earlier resumes: ``n_trials`` counts the
@@ -76,10 +81,21 @@ def _resume_study(config: DictConfig) -> str | None:
     return name
 
 
+def _joblib_gpus(config: DictConfig) -> list[str]:
+    """The GPUs to spread joblib workers over (empty for other launchers or fewer than 2 GPUs)."""
+    if "joblib" not in str(OmegaConf.select(config, "hydra.launcher._target_", default="")).lower():
+        return []
+    from fstag.launchers import visible_gpus
+
+    gpus = visible_gpus()
+    return gpus if len(gpus) > 1 else []
+
+
 class MlflowSweepCallback(Callback):
     def __init__(self) -> None:
         self._run_id: str | None = None
         self._uri: str | None = None
+        self._gpus: list[str] = []
 
     # multirun --------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -87,6 +103,7 @@ class MlflowSweepCallback(Callback):
         from mlflow.tracking import MlflowClient
 
         uri = str(config.mlflow.tracking_uri)
+        # (against a tracking server, ensure_experiment keeps the server's own artifact store)
         exp_id = ensure_experiment(uri, str(config.mlflow.experiment), str(config.mlflow.artifact_location))
         client = MlflowClient(uri)
         sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -114,6 +131,7 @@ class MlflowSweepCallback(Callback):
                           {"mlflow_parent_run_id": run_id, "overrides": list(config.hydra.overrides.task),
                            "pid": os.getpid(), "study": study})
         self._run_id, self._uri = run_id, uri
+        self._gpus = _joblib_gpus(config)
         os.environ[PARENT_RUN_ENV] = run_id
         log.info("MLflow parent run %s for this launch (%s)", run_id, overrides)
 
@@ -147,6 +165,10 @@ class MlflowSweepCallback(Callback):
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self._run_id:
             os.environ[PARENT_RUN_ENV] = self._run_id
+        if self._gpus and str(OmegaConf.select(config, "trainer.devices", default=1)) == "1":
+            from fstag.launchers import lease_gpu
+
+            lease_gpu(self._gpus, self._run_id or str(os.getppid()))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if job_return is None or job_return.status != JobStatus.FAILED:

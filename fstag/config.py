@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,33 @@ def _abspath(path: str) -> str:
     return str(Path(os.path.expanduser(str(path))).resolve())
 
 
+def _n_jobs() -> int:
+    from fstag.launchers import n_jobs
+
+    return n_jobs()
+
+
 def register_resolvers() -> None:
-    """``${fstag.abspath:<path>}`` makes a path absolute against the current working directory."""
+    """``${fstag.abspath:<path>}`` makes a path absolute against the current working directory;
+    ``${fstag.n_jobs:}`` is the joblib launcher's default parallelism (fstag.launchers)."""
     if not OmegaConf.has_resolver("fstag.abspath"):
         OmegaConf.register_new_resolver("fstag.abspath", _abspath)
+    if not OmegaConf.has_resolver("fstag.n_jobs"):
+        OmegaConf.register_new_resolver("fstag.n_jobs", _n_jobs)
     from fstag.job_identity import register_resolver  # ${fstag.variant:<stage>}
 
     register_resolver()
 
 
 register_resolvers()
+
+# conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml replace the launcher plugins' configs of
+# the same names with fstag's defaults (so `hydra/launcher=submitit_slurm` works as typed); each names its
+# `_target_` and every key, so Hydra 1.3's matching with the plugin's schema only validates them. Its
+# deprecation notice about that matching would be printed on every launch.
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/(joblib|submitit_local|submitit_slurm)' is validated against ConfigStore schema",
+    category=UserWarning)
 
 
 def to_plain(cfg: Any) -> Any:

@@ -247,7 +247,21 @@ class TorchFeatureExtractor:
         frames_np = np.array([cfg.n_frames(n) for n in lengths], dtype=np.int64)
         frames = torch.from_numpy(frames_np).to(self.device)
 
-        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=self.window, center=True,
+        mel = self._mel(x, center=True)
+        out = self._stack(mel, frames)
+        if dtype == np.float16:
+            out = out.clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
+        out_np = out.cpu().numpy()
+        return [np.ascontiguousarray(out_np[i, :, :, :n]) for i, n in enumerate(frames_np)]
+
+
+    def _mel(self, x: torch.Tensor, center: bool) -> torch.Tensor:
+        """(B, M, T) mel power of waveforms (B, n): centred zero-padded frames, or (``center=False``)
+        the frames that fit inside ``x``."""
+        import torch
+
+        cfg = self.cfg
+        spec = torch.stft(x, cfg.n_fft, cfg.hop_length, window=self.window, center=center,
                           pad_mode="constant", return_complex=True)
         # torch.stft's (B, F, T) result is a view of frame-major memory: work on (B, T, F), where the
         # power is two contiguous passes and the mel filterbank one (B*T, F) x (F, M) product.
@@ -255,21 +269,143 @@ class TorchFeatureExtractor:
         del spec
         power = parts[..., 0].square().add_(parts[..., 1].square())
         del parts
-        mel = torch.matmul(power, self.fbank).transpose(1, 2)  # (B, M, T)
-        del power
+        return torch.matmul(power, self.fbank).transpose(1, 2)  # (B, M, T)
+
+    def _stack(self, mel: torch.Tensor, frames: torch.Tensor, peak: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, M, T) log-mel (floored at ``peak - TOP_DB``; default: each clip's own peak) + deltas."""
+        import torch
+
+        cfg = self.cfg
         logmel = 10.0 * torch.log10(mel.clamp(min=AMIN))
-        valid = torch.arange(mel.shape[-1], device=self.device)[None, :] < frames[:, None]
-        peak = logmel.masked_fill(~valid[:, None, :], -math.inf).amax(dim=(1, 2))
+        if peak is None:
+            valid = torch.arange(mel.shape[-1], device=self.device)[None, :] < frames[:, None]
+            peak = logmel.masked_fill(~valid[:, None, :], -math.inf).amax(dim=(1, 2))
         logmel = torch.maximum(logmel, (peak - TOP_DB)[:, None, None])
         if cfg.delta_of == "power":
             d1, d2 = self._deltas(mel, frames, self.kernels[:1]) + self._deltas(logmel, frames, self.kernels[1:])
         else:
             d1, d2 = self._deltas(logmel, frames, self.kernels)
-        out = torch.stack([logmel, d1, d2], dim=1)
-        if dtype == np.float16:
-            out = out.clamp(-FLOAT16_MAX, FLOAT16_MAX).half()
-        out_np = out.cpu().numpy()
-        return [np.ascontiguousarray(out_np[i, :, :, :n]) for i, n in enumerate(frames_np)]
+        return torch.stack([logmel, d1, d2], dim=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Silence
+# --------------------------------------------------------------------------------------------------
+
+# The log-mel floor: power_to_db's amin (1e-10) is -100 dB. A clip whose log-mel never rises above it
+# holds no sound (digital silence, or noise under -100 dB in every mel band at every frame). Trimming is
+# relative to the clip's loudest frame, so it keeps such a clip whole; the model would still pick a label.
+SILENT_DB = 10.0 * math.log10(AMIN) + 0.01
+
+
+def is_silent(features) -> bool:
+    """True when a (3, n_mels, frames) feature array (float32, or float16 from the cache) is silence:
+    its log-mel channel never rises above the -100 dB floor."""
+    return bool(float(np.asarray(features[0]).max()) <= SILENT_DB)
+
+
+# --------------------------------------------------------------------------------------------------
+# Long files: features in chunks of frames, bounded memory
+# --------------------------------------------------------------------------------------------------
+
+
+def _stream_mel(path: str | os.PathLike, cfg: FeatureConfig, ex: "TorchFeatureExtractor", chunk_frames: int) -> Iterator["torch.Tensor"]:
+    """(n_mels, k) mel power chunks of a file's frames (those of the whole-file computation: centred,
+    zero-padded), from :func:`fstag.audio.stream_clip`'s waveform blocks."""
+    import torch
+
+    from fstag.audio import stream_clip
+
+    n_fft, hop, half = cfg.n_fft, cfg.hop_length, cfg.n_fft // 2
+    buf, buf_start, t0, n = np.zeros(half, dtype=np.float32), -half, 0, 0
+
+    def mel(t_end: int) -> torch.Tensor:  # frames [t0, t_end): samples [t*hop - half, t*hop - half + n_fft)
+        seg = buf[t0 * hop - half - buf_start : (t_end - 1) * hop - half + n_fft - buf_start]
+        return ex._mel(torch.from_numpy(np.ascontiguousarray(seg))[None, :].to(ex.device), center=False)[0]
+
+    for block in stream_clip(path, cfg):
+        n += block.shape[0]
+        buf = np.concatenate([buf, block])
+        avail = (buf_start + buf.shape[0] + half - n_fft) // hop + 1
+        while avail - t0 >= chunk_frames:
+            yield mel(t0 + chunk_frames)
+            t0 += chunk_frames
+        cut = t0 * hop - half - buf_start
+        buf, buf_start = buf[cut:], buf_start + cut
+    if n == 0:
+        raise AudioError("empty audio (0 samples)")
+    total = cfg.n_frames(n)
+    buf = np.concatenate([buf, np.zeros(half + hop, dtype=np.float32)])
+    while t0 < total:
+        t_end = min(total, t0 + chunk_frames)
+        yield mel(t_end)
+        t0 = t_end
+
+
+def iter_long_features(path: str | os.PathLike, cfg: FeatureConfig, chunk_frames: int = 3000,
+                       device: str = "cpu") -> Iterator[np.ndarray]:
+    """A file's features as consecutive float32 (3, n_mels, k) chunks of ``chunk_frames`` frames (the
+    last one fewer than ``chunk_frames + delta_width``) whose concatenation equals the whole-file features up to float32 rounding.
+
+    Memory is a few chunks whatever the file's length: the waveform is streamed
+    (:func:`fstag.audio.stream_clip`), the STFT runs a chunk at a time, the deltas see ``delta_width``
+    frames of context on each side. The file is read three times: the trim decision, the clip's peak
+    log-mel (its -80 dB floor is relative to the whole clip), then the features.
+    """
+    import torch
+
+    with torch.inference_mode():
+        ex = TorchFeatureExtractor(cfg, device)
+        peak = torch.tensor(-math.inf, device=ex.device)
+        for m in _stream_mel(path, cfg, ex, chunk_frames):
+            peak = torch.maximum(peak, 10.0 * torch.log10(m.clamp(min=AMIN)).max())
+        ctx = cfg.delta_width
+        pending, p_start, emitted = None, 0, 0
+
+        def features(mel: torch.Tensor, lo: int, hi: int) -> np.ndarray:  # frames [lo, hi) of mel, one clip
+            out = ex._stack(mel[None], torch.tensor([mel.shape[-1]], device=ex.device), peak[None])[0]
+            return np.ascontiguousarray(out[..., lo:hi].cpu().numpy())
+
+        for m in _stream_mel(path, cfg, ex, chunk_frames):
+            pending = m if pending is None else torch.cat([pending, m], dim=-1)
+            while p_start + pending.shape[-1] >= emitted + chunk_frames + ctx:
+                yield features(pending[..., : emitted + chunk_frames + ctx - p_start],
+                               emitted - p_start, emitted + chunk_frames - p_start)
+                emitted += chunk_frames
+                drop = max(0, emitted - ctx - p_start)
+                pending, p_start = pending[..., drop:], p_start + drop
+        if pending is not None and p_start + pending.shape[-1] > emitted:
+            yield features(pending, emitted - p_start, pending.shape[-1])
+
+
+class LongClip:
+    """A file too long to hold its features at once: :meth:`chunks` streams them
+    (:func:`iter_long_features`). After a pass, ``silent`` says whether it was silence
+    (:func:`is_silent`) and ``error`` why it could not be read (None when it could)."""
+
+    def __init__(self, path: str | os.PathLike, cfg: FeatureConfig, chunk_frames: int = 3000):
+        self.path, self.cfg, self.chunk_frames = Path(path), cfg, int(chunk_frames)
+        self.silent = False
+        self.error: str | None = None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        peak = -math.inf
+        try:
+            for ch in iter_long_features(self.path, self.cfg, self.chunk_frames):
+                peak = max(peak, float(ch[0].max()))
+                yield ch
+        except AudioError as exc:
+            self.error = str(exc)
+            return
+        self.silent = peak <= SILENT_DB
+
+    def load(self) -> np.ndarray | None:
+        """The whole (3, n_mels, frames) features, computed chunk by chunk; None if unreadable."""
+        parts = list(self.chunks())
+        return None if self.error or not parts else np.concatenate(parts, axis=-1)
+
+    def __repr__(self) -> str:
+        return f"LongClip({str(self.path)!r})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,3 +511,31 @@ def compute_features_for_files(
     """
     results = list(iter_features(paths, cfg, device=device, num_workers=num_workers))
     return [f for f, _ in results], [e for _, e in results]
+
+
+def features_for_files(
+    paths: list[Path], cfg: FeatureConfig, *, num_workers: int | None = None, long_seconds: float | None = None,
+    chunk_frames: int = 3000,
+) -> tuple[list[np.ndarray | LongClip | None], list[str | None]]:
+    """:func:`compute_features_for_files`, except that a file longer than ``long_seconds`` (its header's
+    duration; None: no limit) becomes a :class:`LongClip`, whose features are streamed when used."""
+    from fstag.audio import audio_info
+
+    long: set[int] = set()
+    if long_seconds:
+        for i, p in enumerate(paths):
+            try:
+                frames, sr = audio_info(p)
+            except AudioError:
+                continue  # reported by the regular path
+            if frames > float(long_seconds) * sr:
+                long.add(i)
+    short = [i for i in range(len(paths)) if i not in long]
+    feats, errors = compute_features_for_files([paths[i] for i in short], cfg, num_workers=num_workers) if short else ([], [])
+    clips: list[np.ndarray | LongClip | None] = [None] * len(paths)
+    errs: list[str | None] = [None] * len(paths)
+    for i, f, e in zip(short, feats, errors):
+        clips[i], errs[i] = f, e
+    for i in long:
+        clips[i] = LongClip(paths[i], cfg, chunk_frames)
+    return clips, errs

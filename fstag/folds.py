@@ -1,5 +1,9 @@
 """A seeded, stratified K-fold split of train.csv, saved once next to the features and reused by every
-run and stage (so a retrain_val job sees exactly its parent's validation fold)."""
+run and stage (so a retrain_val job sees exactly its parent's validation fold).
+
+The split is part of a run's identity: :func:`fold_split` describes it (``fold_split`` in run.json), and
+runs of different splits are never combined (retrain_val, blend), since one's training rows would be the
+other's validation rows."""
 
 from __future__ import annotations
 
@@ -55,3 +59,40 @@ def load_or_create_folds(train: pd.DataFrame, cache_dir: str | Path, n_splits: i
     write_text_atomic(path, out.to_csv(index=False))
     log.info("wrote the %d-fold split to %s", n_splits, path)
     return train.assign(fold=folds)
+
+
+def fold_split(folded: pd.DataFrame, n_splits: int, seed: int, train_csv_sha256: str | None) -> dict:
+    """The identity of a split, as saved in run.json: ``n_splits``, ``seed``, ``train_csv_sha256`` (the
+    digest of train.csv, or None) and ``digest``: sha256 (16 hex) of the assignment itself, every
+    ``fname<TAB>fold`` row of ``folded`` (train.csv with its ``fold`` column) in order. Two runs share a
+    split exactly when their digests are equal."""
+    h = hashlib.sha256()
+    for fname, fold in zip(folded["fname"], folded["fold"]):
+        h.update(f"{fname}\t{int(fold)}\n".encode())
+    return {"n_splits": int(n_splits), "seed": int(seed), "train_csv_sha256": train_csv_sha256,
+            "digest": h.hexdigest()[:16]}
+
+
+def describe_split(split: dict | None) -> str:
+    """A short readable form of a :func:`fold_split` record for error messages."""
+    if not split:
+        return "no recorded split"
+    sha = split.get("train_csv_sha256")
+    return (f"split {split.get('digest')} (n_splits={split.get('n_splits')}, seed={split.get('seed')}, "
+            f"train.csv sha256 {str(sha)[:12] if sha else 'unknown'})")
+
+
+def same_split(a: dict | None, b: dict | None) -> bool:
+    """Whether two recorded splits are the same (True when either run predates the record)."""
+    return not a or not b or a.get("digest") == b.get("digest")
+
+
+def split_of(train_csv: str | Path, cache_dir: str | Path, n_splits: int, seed: int) -> dict:
+    """The :func:`fold_split` record of the split that :func:`load_or_create_folds` gives for this
+    train.csv and settings (read from its cache, or created and cached)."""
+    from fstag.dataset_layout import read_train_csv
+
+    train_csv = Path(train_csv)
+    folded = load_or_create_folds(read_train_csv(train_csv), cache_dir, int(n_splits), int(seed))
+    sha = hashlib.sha256(train_csv.read_bytes()).hexdigest()
+    return fold_split(folded, n_splits, seed, sha)

@@ -42,7 +42,8 @@ CONTEXT_KEYS = ("exp", "experiment", "data")
 # Keys that change where or how a job runs, not what it computes.
 BOOKKEEPING = (
     "resume", "force", "loader.num_workers", "loader.pin_memory", "trainer.enable_progress_bar", "mlflow", "paths",
-    "job_dir", "variant", "hydra", "optimized_metric", "predict.batch_size", "stage.parent",
+    "job_dir", "variant", "hydra", "optimized_metric", "predict.batch_size", "stage.parent", "logger",
+    "callbacks.progress_bar", "callbacks.lr_monitor",
 )
 # Where the data is (its content counts through the train.csv digest and the feature key).
 DATA_LOCATION = ("data.root", "data.features_dir", "data.generate", "data.demo")

@@ -6,23 +6,36 @@ A member spec is one of
   (a job trained with other overrides, e.g. ``cnn_small/none/optimizer.lr=0.05/fold_0``; quote it on the
   command line: ``'runs=["cnn_small/none/optimizer.lr=0.05/fold_0"]'``), looked up below ``<runs_dir>/<exp>``;
 - a path to a run directory (absolute, or relative to the working directory);
-- an MLflow run id (32 hex characters) of a run made by train.py: its tag ``fstag.run_dir`` names the
-  run directory.
+- an MLflow run id (32 hex characters, or ``runs:/<id>``) of a run made by train.py: its tag
+  ``fstag.run_dir`` names the run directory. Where that directory is not on this machine, the run's
+  artifacts (run.json, config.yaml, oof.npz, test.npz and, for predict.py, checkpoints/best.ckpt) are
+  fetched from the tracking server into ``<runs_root>/.mlflow_cache/<run id>/``, laid out as a run
+  directory, written atomically and reused by the next call. A blend of such members saves them as
+  ``runs:/<id>`` (:attr:`Member.saved_spec`), so anyone with the server rebuilds it.
 
 Every member is resolved and checked before any blending starts; all problems are reported together.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fstag.folds import describe_split, same_split
 from fstag.job_identity import DEFAULT_VARIANT, data_digest
 from fstag.run_dir import MLFLOW_RUN_DIR_TAG as RUN_DIR_TAG
-from fstag.run_dir import OOF_NPZ, TEST_NPZ, RunDir, RunDirError
+from fstag.run_dir import BEST_CKPT, CHECKPOINT_DIR, CONFIG_YAML, OOF_NPZ, RUN_JSON, TEST_NPZ, RunDir, RunDirError
 
-_MLFLOW_RUN_ID = re.compile(r"[0-9a-fA-F]{32}")
+log = logging.getLogger(__name__)
+_MLFLOW_RUN_ID = re.compile(r"(?:runs:/)?([0-9a-fA-F]{32})/?")
+MLFLOW_CACHE = ".mlflow_cache"  # below runs_root: run directories fetched from the tracking server
+FETCHED = (CONFIG_YAML, OOF_NPZ, TEST_NPZ, RUN_JSON)  # run.json last: its presence marks a complete copy
+CKPT_ARTIFACT = f"{CHECKPOINT_DIR}/{BEST_CKPT}"  # logged by train.py at the end of each job
 _SHORT_NAME = re.compile(r"[^/]+/[^/]+/fold_\d+(_r)?")  # <arch>/<aug>/fold_<k>[_r]: the default variant
 
 
@@ -42,13 +55,70 @@ class Member:
     def path(self) -> Path:
         return self.run.path
 
+    @property
+    def saved_spec(self) -> str:
+        """How a saved config names this member: ``runs:/<id>`` when given as an MLflow run, else its path."""
+        run_id = mlflow_run_id(self.spec)
+        return f"runs:/{run_id}" if run_id else str(self.path.resolve())
 
-def _from_mlflow(run_id: str, tracking_uri: str) -> Path:
+
+def mlflow_run_id(spec: str) -> str | None:
+    """The run id of a member spec ``<32 hex>`` or ``runs:/<32 hex>``; None for other specs."""
+    m = _MLFLOW_RUN_ID.fullmatch(str(spec).strip())
+    return m.group(1) if m else None
+
+
+def _download(client, run_id: str, artifact: str, dest: Path, tracking_uri: str) -> None:
+    """The run's file artifact ``artifact`` (``a/b.ext``) to ``dest/a/b.ext``."""
+    try:
+        got = Path(client.download_artifacts(run_id, artifact, str(dest)))  # a file lands as dest/<basename>
+    except Exception as exc:  # noqa: BLE001  (each artifact repository raises its own errors)
+        raise MemberError(f"MLflow run {run_id} (tracking store {tracking_uri}): cannot fetch artifact "
+                          f"{artifact!r} ({type(exc).__name__}: {exc}); train.py logs it when a job finishes") from None
+    if not got.is_file():
+        raise MemberError(f"MLflow run {run_id} (tracking store {tracking_uri}) has no artifact {artifact!r}")
+    (dest / artifact).parent.mkdir(parents=True, exist_ok=True)
+    if got != dest / artifact:
+        os.replace(got, dest / artifact)
+
+
+def _fetch(client, run_id: str, tracking_uri: str, cache: Path, checkpoint: bool) -> Path:
+    """The run's artifacts as a run directory ``cache/<run_id>`` (fetched once; each file appears whole)."""
+    target = cache / run_id
+    cache.mkdir(parents=True, exist_ok=True)
+    if not (target / RUN_JSON).is_file():
+        log.info("fetching MLflow run %s from %s into %s", run_id, tracking_uri, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-", dir=cache))
+        try:
+            for name in FETCHED:
+                _download(client, run_id, name, tmp, tracking_uri)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process put it there first
+                if not (target / RUN_JSON).is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    ckpt = target / CKPT_ARTIFACT
+    if checkpoint and not ckpt.is_file():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}-ckpt-", dir=cache))
+        try:
+            _download(client, run_id, CKPT_ARTIFACT, tmp, tracking_uri)
+            ckpt.parent.mkdir(exist_ok=True)
+            os.replace(tmp / CKPT_ARTIFACT, ckpt)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _from_mlflow(run_id: str, tracking_uri: str, cache: Path, checkpoint: bool = False) -> Path:
+    """The run directory of an MLflow run: where its tag says when it is here, else fetched into ``cache``."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        run = MlflowClient(tracking_uri=tracking_uri).get_run(run_id)
+        run = client.get_run(run_id)
     except MlflowException as exc:
         raise MemberError(f"MLflow run {run_id} not found in tracking store {tracking_uri}: {exc}") from None
     run_dir = run.data.tags.get(RUN_DIR_TAG)
@@ -57,7 +127,10 @@ def _from_mlflow(run_id: str, tracking_uri: str) -> Path:
             f"MLflow run {run_id} (tracking store {tracking_uri}) has no tag {RUN_DIR_TAG!r}; "
             "only runs made by train.py name their run directory"
         )
-    return Path(run_dir)
+    local = Path(run_dir)
+    if (local / RUN_JSON).is_file() and (not checkpoint or (local / CKPT_ARTIFACT).is_file()):
+        return local
+    return _fetch(client, run_id, tracking_uri, cache, checkpoint)
 
 
 def _candidates(spec: str, runs_root: Path, data_root: str | None = None) -> list[Path]:
@@ -79,15 +152,20 @@ def _candidates(spec: str, runs_root: Path, data_root: str | None = None) -> lis
     return [runs_root / path, path.resolve()]
 
 
-def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_root: str | None = None) -> RunDir:
-    """Open the run directory a member spec names; raise :class:`MemberError` naming what was looked for."""
+def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
+                   checkpoint: bool = False) -> RunDir:
+    """Open the run directory a member spec names; raise :class:`MemberError` naming what was looked for.
+
+    ``checkpoint``: a run fetched from the tracking server also needs its best checkpoint (predict.py).
+    """
     spec = str(spec).strip()
-    if _MLFLOW_RUN_ID.fullmatch(spec):
-        path = _from_mlflow(spec, tracking_uri)
+    run_id = mlflow_run_id(spec)
+    if run_id:
+        path = _from_mlflow(run_id, tracking_uri, Path(runs_root) / MLFLOW_CACHE, checkpoint)
         try:
             return RunDir.open(path)
         except RunDirError as exc:
-            raise MemberError(f"MLflow run {spec} (tracking store {tracking_uri}) names {exc}") from None
+            raise MemberError(f"MLflow run {run_id} (tracking store {tracking_uri}) names {exc}") from None
     candidates = _candidates(spec, Path(runs_root), data_root)
     for path in candidates:
         if (path / "run.json").is_file():
@@ -101,6 +179,8 @@ def _key(run: RunDir, runs_root: Path) -> str:
         parts = run.path.resolve().relative_to(runs_root.resolve()).parts
     except ValueError:
         return run.path.resolve().as_posix().lstrip("/")
+    if parts[:1] == (MLFLOW_CACHE,) and {"arch", "aug", "variant", "name"} <= set(run.info):  # fetched: as if local
+        parts = (str(run.info["arch"]), str(run.info["aug"]), str(run.info["variant"]), run.name)
     if len(parts) == 4 and parts[2] == DEFAULT_VARIANT:
         parts = parts[:2] + parts[3:]
     return "/".join(parts)
@@ -134,12 +214,21 @@ def _problems(members: list[Member]) -> list[str]:
                 f"member {m.key} has feature_key {m.run.feature_key!r} but member {first.key} "
                 f"has {first.run.feature_key!r}"
             )
+        split_ref = next((x for x in members if x.run.fold_split), first)  # runs before the record have none
+        if m is not split_ref and not same_split(m.run.fold_split, split_ref.run.fold_split):
+            problems.append(
+                f"member {m.key} was trained on {describe_split(m.run.fold_split)} but member {split_ref.key} on "
+                f"{describe_split(split_ref.run.fold_split)}: runs of different fold splits cannot be blended "
+                "(one's validation rows are the other's training rows)"
+            )
     return problems
 
 
-def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None) -> list[Member]:
+def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
+                    checkpoints: bool = False) -> list[Member]:
     """Resolve every spec, then check they are complete and share labels and feature_key.
 
+    ``checkpoints``: members fetched from the tracking server come with their best checkpoint (predict.py).
     Raises one :class:`MemberError` listing every problem found.
     """
     if not specs:
@@ -148,7 +237,7 @@ def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, 
     members, problems = [], []
     for spec in specs:
         try:
-            run = resolve_member(spec, runs_root, tracking_uri, data_root)
+            run = resolve_member(spec, runs_root, tracking_uri, data_root, checkpoint=checkpoints)
         except (MemberError, RunDirError) as exc:
             problems.append(str(exc))
             continue

@@ -1,11 +1,13 @@
-"""predict.py's job: trained runs -> TTA probabilities for the test split or any folder of audio."""
+"""predict.py's job: trained runs -> probabilities (TTA crops or every window) for the test split or any
+folder of audio. Unreadable clips and silent clips (fstag.features.is_silent) get uniform probabilities
+and are flagged."""
 
 from __future__ import annotations
 
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -15,24 +17,26 @@ from omegaconf import DictConfig, OmegaConf
 from fstag.augment import pad_value_of
 from fstag.config import to_plain
 from fstag.dataset_layout import DatasetLayout
-from fstag.inference import predict_probs
+from fstag.inference import MODES, predict_probs
 from fstag.io_utils import save_npz_atomic, write_text_atomic
-from fstag.lit_module import TaggingModule
 from fstag.metrics import geometric_mean
 from fstag.run_dir import CONFIG_YAML, RunDir, RunDirError
+
+if TYPE_CHECKING:  # Lightning is imported when a model is loaded, not for predict.py's config errors
+    from fstag.lit_module import TaggingModule
 
 log = logging.getLogger(__name__)
 
 
 def load_module(run: RunDir) -> TaggingModule:
-    """The run's best model (plain ``weights_only`` checkpoint load, no pickled objects)."""
+    """The run's best model: a plain ``weights_only`` checkpoint load that needs no network, no initial
+    weights file and no compiler (TaggingModule.from_checkpoint)."""
     ckpt_path = run.best_checkpoint if run.best_checkpoint.is_file() else run.last_checkpoint
     if not ckpt_path.is_file():
         raise RunDirError(f"{run.path}: no checkpoint ({run.best_checkpoint} or {run.last_checkpoint})")
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    module = TaggingModule(**ckpt["hyper_parameters"])
-    module.load_state_dict(ckpt["state_dict"])
-    return module.eval()
+    from fstag.lit_module import TaggingModule
+
+    return TaggingModule.from_checkpoint(ckpt_path)
 
 
 def run_config(run: RunDir) -> DictConfig:
@@ -50,7 +54,10 @@ def list_audio(folder: Path, extensions: list[str]) -> list[Path]:
     return files
 
 
-def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, num_workers) -> tuple[list, list[str | None]]:
+SILENT_REASON = "silent (no sound above the -100 dB log-mel floor)"
+
+
+def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, num_workers, long_seconds=None) -> tuple[list, list[str | None]]:
     """Cached test features when the cache exists, else computed from the audio files."""
     from fstag.feature_store import FeatureStore, feature_dir
     from fstag.features import FeatureConfig
@@ -60,25 +67,31 @@ def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, n
         store = FeatureStore.open(feature_dir(run_cfg.data.features_dir, fcfg), "test")
     except (FileNotFoundError, OSError, ValueError):
         audio_dir = DatasetLayout(Path(str(run_cfg.data.root))).audio_dir("test")
-        return _clips_for_files([audio_dir / f for f in fnames], feature_cfg, num_workers)
+        return _clips_for_files([audio_dir / f for f in fnames], feature_cfg, num_workers, long_seconds)
     clips = [store[store.index_of(f)] if f in store else None for f in fnames]
     return clips, [None if c is not None else "no features (unreadable audio; see the preprocess report)" for c in clips]
 
 
-def _clips_for_files(paths: list[Path], feature_cfg: dict, num_workers) -> tuple[list, list[str | None]]:
-    from fstag.features import FeatureConfig, compute_features_for_files
+def _clips_for_files(paths: list[Path], feature_cfg: dict, num_workers, long_seconds=None) -> tuple[list, list[str | None]]:
+    """Features of audio files; a file longer than ``long_seconds`` is streamed in chunks when used."""
+    from fstag.features import FeatureConfig, features_for_files
 
-    return compute_features_for_files(paths, FeatureConfig.from_cfg(feature_cfg), device="cpu", num_workers=num_workers)
+    return features_for_files(paths, FeatureConfig.from_cfg(feature_cfg), num_workers=num_workers,
+                              long_seconds=long_seconds)
 
 
-def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None]) -> pd.DataFrame:
+def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None],
+               silent=None) -> pd.DataFrame:
+    """Three labels per clip; ``flagged`` marks a clip that could not be read or is silent (``silent``)."""
+    silent = np.zeros(len(fnames), dtype=bool) if silent is None else np.asarray(silent, dtype=bool)
     order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
     rows: dict[str, Any] = {"fname": fnames}
     for k in range(3):
         rows[f"label{k + 1}"] = [labels[j] for j in order[:, k]]
         rows[f"prob{k + 1}"] = np.round(probs[np.arange(len(fnames)), order[:, k]], 6)
-    rows["flagged"] = [e is not None for e in errors]
-    rows["error"] = [e or "" for e in errors]
+    rows["flagged"] = [e is not None or bool(s) for e, s in zip(errors, silent)]
+    rows["silent"] = silent
+    rows["error"] = [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]
     return pd.DataFrame(rows)
 
 
@@ -90,39 +103,51 @@ def run_predict(cfg: DictConfig) -> Path:
         raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids or arch/aug/fold_k names")
     runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
     # resolved and checked together: complete, same label set and feature config
-    runs = [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root))]
+    runs = [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root),
+                                           checkpoints=True)]
     first = runs[0]
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else str(cfg.device)))
     first_cfg = run_config(first)
+    mode = str(cfg.mode)
+    if mode not in MODES:
+        raise ValueError(f"mode={mode}: expected one of {'|'.join(MODES)}")
+    long_seconds = cfg.get("long_file_seconds")
     t0 = time.perf_counter()
     if str(cfg.input) == "test":
         fnames = DatasetLayout(Path(str(first_cfg.data.root))).split_fnames("test")
-        clips, errors = _clips_for_test(first_cfg, fnames, first.info["features"], cfg.num_workers)
+        clips, errors = _clips_for_test(first_cfg, fnames, first.info["features"], cfg.num_workers, long_seconds)
     else:
         folder = Path(str(cfg.input)).expanduser().resolve()
         paths = list_audio(folder, list(cfg.extensions))
         fnames = [str(p.relative_to(folder)) for p in paths]
-        clips, errors = _clips_for_files(paths, first.info["features"], cfg.num_workers)
+        clips, errors = _clips_for_files(paths, first.info["features"], cfg.num_workers, long_seconds)
     t_feat = time.perf_counter() - t0
     per_run = []
+    silent = np.zeros(len(fnames), dtype=bool)
     for run in runs:
         rc = run_config(run)
         module = load_module(run).to(device)
-        per_run.append(predict_probs(
-            module.model, clips, crop_frames=int(rc.loader.crop_frames), aug=to_plain(rc.aug),
-            pad_value=pad_value_of(rc.loader), n_passes=int(cfg.tta), seed=int(cfg.seed),
-            batch_size=int(cfg.batch_size), device=device, num_classes=len(first.labels)))
+        probs_k, silent = predict_probs(
+            module.model, clips, fnames, crop_frames=int(rc.loader.crop_frames), aug=to_plain(rc.aug), mode=mode,
+            pad_value=pad_value_of(rc.loader), n_passes=int(cfg.tta), hop_frames=cfg.get("hop_frames"),
+            seed=int(cfg.seed), batch_size=int(cfg.batch_size), device=device, num_classes=len(first.labels))
+        per_run.append(probs_k)
+    errors = [e if e is not None else getattr(c, "error", None) for c, e in zip(clips, errors)]  # long clips
     probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
+    unusable = np.array([e is not None for e in errors]) | silent
+    probs[unusable] = 1.0 / probs.shape[1]  # exactly uniform, also after combining runs
     elapsed = time.perf_counter() - t0
-    for f, e in zip(fnames, errors):
-        if e is not None:
-            log.warning("%s: %s (uniform probabilities, flagged)", f, e)
+    for f, e, s in zip(fnames, errors, silent):
+        if e is not None or s:
+            log.warning("%s: %s (uniform probabilities, flagged)", f, e or SILENT_REASON)
     out = Path(str(cfg.output_dir))
     save_npz_atomic(out / "probs.npz", fnames=np.array(fnames), probs=probs, labels=np.array(first.labels),
-                    flagged=np.array([e is not None for e in errors]))
-    write_text_atomic(out / "top3.csv", top3_table(fnames, probs, first.labels, errors).to_csv(index=False))
-    log.info("%d clips x %d run(s) x %d crops on %s in %.1f s (features %.1f s): %.1f clips/s -> %s",
-             len(fnames), len(runs), int(cfg.tta), device, elapsed, t_feat, len(fnames) / max(elapsed, 1e-9), out)
-    print(f"predictions: {out / 'top3.csv'} ({len(fnames)} clips, {sum(e is not None for e in errors)} flagged)")
+                    flagged=unusable, silent=silent)
+    write_text_atomic(out / "top3.csv", top3_table(fnames, probs, first.labels, errors, silent).to_csv(index=False))
+    how = f"{int(cfg.tta)} crops" if mode == "crops" else "windows"
+    log.info("%d clips x %d run(s) x %s on %s in %.1f s (features %.1f s): %.1f clips/s -> %s",
+             len(fnames), len(runs), how, device, elapsed, t_feat, len(fnames) / max(elapsed, 1e-9), out)
+    print(f"predictions: {out / 'top3.csv'} ({len(fnames)} clips, {int(unusable.sum())} flagged, "
+          f"{int(silent.sum())} of them silent)")
     return out

@@ -9,6 +9,11 @@ stopped. A split whose clips are all stored or reported is left alone: an unchan
 A file that cannot be used (missing, unreadable, not audio, empty, NaN) is listed in ``report.csv``
 with the reason and skipped; the run goes on.
 
+One writer per cache folder: a run holds ``.preprocess.lock`` in it (a ``filelock`` lock, ``flock``;
+across nodes on shared filesystems with file locking, such as NFSv4 or Lustre mounted with ``flock``), so
+a second preprocess.py started meanwhile on the same features says so and waits, then finds them up to
+date. Training jobs only read the cache and need no lock.
+
 The trimmed, resampled audio is not cached: decoding + trimming + resampling is about 30 % of the
 work per clip, and a cache of it would be 2.3x the size of the features (float32 at 22.05 kHz: 88 kB/s,
 versus float16 at 100 frames/s x 192 values: 38 kB/s) while it would serve only a change of the mel or
@@ -21,11 +26,13 @@ import ctypes
 import logging
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig
 from tqdm import tqdm
 
@@ -43,6 +50,7 @@ from fstag.feature_store import (
 from fstag.features import FeatureConfig, default_workers, feature_key, iter_features
 
 log = logging.getLogger(__name__)
+LOCK_FILE = ".preprocess.lock"  # in the cache folder: held by the one preprocess run writing into it
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,31 @@ def preprocess(
     layout = DatasetLayout(Path(data_root))
     directory = feature_dir(features_dir, cfg)
     directory.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(directory):
+        return _preprocess_locked(layout, directory, cfg, settings, splits, on_commit)
+
+
+@contextmanager
+def _writer_lock(directory: Path) -> Iterator[None]:
+    """Hold the cache folder's writer lock: at once, or after saying that another run holds it and waiting."""
+    lock = FileLock(str(directory / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        msg = (f"another preprocess.py is writing features into {directory} (it holds {directory / LOCK_FILE}); "
+               "waiting for it to finish")
+        log.warning(msg)
+        print(f"preprocess.py: {msg}", file=sys.stderr, flush=True)
+        lock.acquire()
+        log.info("the other preprocess.py finished; checking %s", directory)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _preprocess_locked(layout, directory, cfg, settings, splits, on_commit) -> tuple[Path, list[SplitSummary]]:
+    """:func:`preprocess` under the writer lock."""
     write_features_yaml(directory, cfg, feature_key(cfg))
     workers = settings.num_workers or default_workers()
     t0 = time.perf_counter()

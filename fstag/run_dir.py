@@ -6,8 +6,9 @@ the job's other overrides, see fstag.job_identity) holds:
 - ``config.yaml``   the job's resolved config (Hydra's own copy is under ``.hydra/``)
 - ``identity.json`` the config digest that decides whether a rerun may reuse the directory
 - ``checkpoints/best.ckpt`` (best by val_acc1) and ``checkpoints/last.ckpt``
-- ``run.json``      identity: arch, aug, fold, stage, variant, name, labels, feature key and config, MLflow
-                    ids, best val_acc1 and the best epoch's validation metrics, ``complete``
+- ``run.json``      identity: arch, aug, fold, stage, variant, name, labels, feature key and config, fold
+                    split (``fold_split``: n_splits, seed, train.csv sha256, digest), MLflow ids, best
+                    val_acc1 and the best epoch's validation metrics, ``complete``
 - ``oof.npz``       out-of-fold predictions: ``fnames``, ``probs`` (N, C) float32, ``targets`` (N,) int64.
                     A retrain_val job trained on its fold, so it carries its parent's OOF (``oof_source``
                     in run.json says so).
@@ -89,6 +90,11 @@ class RunDir:
     @property
     def feature_key(self) -> str:
         return str(self.info["feature_key"])
+
+    @property
+    def fold_split(self) -> dict | None:
+        """The fold split the run was trained on (``fstag.folds.fold_split``); None for older runs."""
+        return self.info.get("fold_split") or None
 
     @property
     def complete(self) -> bool:

@@ -10,6 +10,7 @@ import csv
 import io
 import os
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,9 @@ from fstag.metrics import map_at_3, top1_accuracy
 
 HEADER = ["fname", "label"]
 USAGES = ("Public", "Private", "Ignored")
+# Boolean arrays a run's test.npz may carry beside its probabilities: clips predicted with uniform
+# probabilities because their audio could not be read (missing) or holds no sound (silent).
+FLAG_ARRAYS = ("missing", "silent")
 
 
 class SubmissionError(ValueError):
@@ -112,11 +116,26 @@ def _rank_scores(cells: list[str], labels: list[str]) -> np.ndarray:
     return scores
 
 
-def score_submission(path: str | os.PathLike, labels_csv: str | os.PathLike, labels: list[str]) -> dict[str, float]:
+def read_test_flags(test_npz_paths: Iterable[str | os.PathLike]) -> dict[str, set[str]]:
+    """``{"missing": fnames, "silent": fnames}`` over the given test.npz files (a clip flagged in any)."""
+    flags: dict[str, set[str]] = {k: set() for k in FLAG_ARRAYS}
+    for p in test_npz_paths:
+        with np.load(p, allow_pickle=False) as z:
+            fnames = np.asarray(z["fnames"]).astype(str)
+            for k in FLAG_ARRAYS:
+                if k in z.files:
+                    flags[k].update(fnames[np.asarray(z[k], dtype=bool)].tolist())
+    return flags
+
+
+def score_submission(path: str | os.PathLike, labels_csv: str | os.PathLike, labels: list[str],
+                     flags: Mapping[str, Iterable[str]] | None = None) -> dict[str, float]:
     """MAP@3 and top-1 accuracy of a submission over the scored clips of a test labels file.
 
     Rows with usage ``Ignored`` are left out. Returns ``map3``, ``acc1`` and ``n_scored``; when the file
-    has a usage column also ``map3_public``/``map3_private`` (and their ``n_``) over each part.
+    has a usage column also ``map3_public``/``map3_private`` (and their ``n_``) over each part. With
+    ``flags`` (:func:`read_test_flags`: clips predicted with uniform probabilities, by reason) also
+    ``n_<reason>``, the scored clips so flagged, and ``map3_unflagged`` over the others.
     """
     sub = read_submission(path).set_index("fname")["label"]
     truth = read_test_labels(labels_csv)
@@ -142,4 +161,13 @@ def score_submission(path: str | os.PathLike, labels_csv: str | os.PathLike, lab
             if sel.any():
                 out[f"map3_{part.lower()}"] = map_at_3(scores[sel], targets[sel])
                 out[f"n_{part.lower()}"] = float(sel.sum())
+    if flags is not None:
+        scored_fnames = scored["fname"].to_numpy()
+        flagged = np.zeros(len(scored_fnames), dtype=bool)
+        for reason, fnames in flags.items():
+            hit = np.isin(scored_fnames, list(fnames))
+            out[f"n_{reason}"] = float(hit.sum())
+            flagged |= hit
+        if (~flagged).any():
+            out["map3_unflagged"] = map_at_3(scores[~flagged], targets[~flagged])
     return out

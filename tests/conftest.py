@@ -3,9 +3,14 @@ real preprocess.py) in a temporary FSTAG_ROOT, with entry points run as users ru
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +55,43 @@ class Project:
 def make_env(root: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FSTAG_"))}
     env.update(FSTAG_ROOT=str(root), PYTHONPATH=str(REPO), HYDRA_FULL_ERROR="1", PYTHONUNBUFFERED="1")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # workers share the cores: one compute thread per entry point
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("MKL_NUM_THREADS", "1")
     return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(tmp: Path, serve_artifacts: bool = False):
+    """A real ``mlflow server`` on a free 127.0.0.1 port, its SQLite store and artifact root in ``tmp``;
+    yields its URI once /health answers, stops it afterwards."""
+    port = free_port()
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+           "--artifacts-destination", str(tmp / "artifacts"), *(["--serve-artifacts"] if serve_artifacts else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise AssertionError("mlflow server did not start")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +99,20 @@ def demo_project(tmp_path_factory) -> Project:
     """A project whose tiny demo data set is generated and preprocessed (shared by the slow tests)."""
     root = tmp_path_factory.mktemp("project")
     proj = Project(root=root, env=make_env(root))
-    proj.run("preprocess.py", "data=demo", *TINY_DEMO)
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        proj.run("preprocess.py", "data=demo", *TINY_DEMO)
+        return proj
+    # pytest-xdist: the first worker generates and preprocesses the data, the others copy its files (the
+    # data folder holds no absolute path); the folder is this test session's, shared by its workers
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "demo_project_data"
+    with FileLock(str(shared) + ".lock"):
+        if shared.is_dir():
+            shutil.copytree(shared, root / "data")
+        else:
+            proj.run("preprocess.py", "data=demo", *TINY_DEMO)
+            shutil.copytree(root / "data", shared)
     return proj
 
 
@@ -67,3 +121,4 @@ def swept_project(demo_project) -> Project:
     """``demo_project`` after a real 2-job multirun: cnn_small/none/fold_0 and fold_1."""
     demo_project.run("train.py", "-m", "fold=0,1", *TINY_TRAIN)
     return demo_project
+

@@ -4,11 +4,13 @@ learning-rate schedules, each as plain functions on tensors with hand-checked ou
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import fstag.config  # noqa: F401  (registers the resolvers of conf/)
 from fstag.augment import crop_or_pad, silence_canvas
 from fstag.band_stats import BAND_STATS_NPZ, compute_band_stats, load_or_compute_band_stats
 from fstag.batch_aug import (
@@ -17,7 +19,7 @@ from fstag.batch_aug import (
 )
 from fstag.features import FeatureConfig, TorchFeatureExtractor
 from fstag.label_noise import LossPruning
-from fstag.schedules import lr_factor, schedule, warmup_cosine_factor
+from fstag.schedules import build_scheduler, lr_factor, warmup_cosine_factor
 
 OFF = {"prob": 1.0, "gain_db": 0.0, "eq_db": 0.0, "reverb_prob": 0.0, "noise_prob": 0.0, "mel_shift": 0.0}
 
@@ -163,7 +165,35 @@ def test_schedules():
     assert warmup_cosine_factor(100, 100, 10, 0.01) == pytest.approx(0.01)
     mid = warmup_cosine_factor(55, 100, 10, 0.0)
     assert mid == pytest.approx(0.5)
-    factor, interval = schedule({"name": "warmup_cosine", "warmup_epochs": 2, "final_lr_ratio": 0.0}, 300, 10)
-    assert interval == "step" and factor(19) == pytest.approx(1.0) and factor(10) < 1.0
-    with pytest.raises(ValueError, match="scheduler.name='bogus'"):
-        schedule({"name": "bogus"}, 10, 1)
+    with pytest.raises(ValueError, match="scheduler config has no _target_"):
+        build_scheduler({"name": "bogus"}, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0), 10, 1, 10)
+
+
+def _lrs(group: str, epochs: int, steps_per_epoch: int, extra=()) -> tuple[list[float], str]:
+    """The learning rates a conf/scheduler/<group>.yaml gives, stepped as Lightning steps it."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"scheduler={group}", *extra])
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=float(cfg.optimizer.lr))
+    built = build_scheduler(cfg.scheduler, opt, epochs * steps_per_epoch, steps_per_epoch, epochs)
+    n = epochs if built["interval"] == "epoch" else epochs * steps_per_epoch
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        built["scheduler"].step()
+    return lrs, built["interval"]
+
+
+def test_scheduler_groups_are_torch_schedulers_with_the_seeds_factors():
+    lrs, interval = _lrs("seed", 60, 7)  # the seed's: per epoch, cosine x step, past t_max
+    assert interval == "epoch"
+    assert lrs == pytest.approx([0.009 * lr_factor(e, 50, [20, 30, 40], 0.7) for e in range(60)], rel=1e-9, abs=1e-15)
+    lrs, interval = _lrs("warmup_cosine", 10, 30, ["optimizer=adamw"])
+    assert interval == "step"
+    assert lrs == pytest.approx([2e-3 * warmup_cosine_factor(s, 300, 60, 0.01) for s in range(300)], rel=1e-9)
+    lrs, _ = _lrs("onecycle", 5, 20)
+    assert max(lrs) == pytest.approx(0.009, rel=1e-3) and lrs[0] == pytest.approx(0.009 / 25) and lrs[-1] < 1e-5
+    lrs, _ = _lrs("cosine", 5, 20)
+    assert lrs[0] == pytest.approx(0.009) and lrs[50] == pytest.approx(0.0045) and lrs[-1] < 1e-5

@@ -14,12 +14,24 @@ import pandas as pd
 import pytest
 
 from fstag.blend_job import parse_blend, run_blend
-from fstag.blending import BlendError, align, combine, family_oof, fit_weights, group_families, shared_oof
+from fstag.blending import (
+    BlendError,
+    align,
+    combine,
+    family_oof,
+    fit_weights,
+    fit_weights_cv,
+    group_families,
+    shared_oof,
+)
 from fstag.calibration import (
     apply_temperature,
     class_shares,
+    cross_validated_temperature,
+    expected_calibration_error,
     expected_test_shares,
     fit_temperature,
+    log_loss,
     prior_correction,
 )
 from fstag.config import CONFIG_DIR
@@ -239,7 +251,7 @@ def test_families_share_oof_rows_across_folds_and_split_their_weight():
             oofs.append(Predictions([fnames[i] for i in rows], noisy_probs(y[rows], signal, rng, scale=2.0), y[rows]))
             keys.append(f"{arch}/none/fold_{k}")
     fams = group_families(infos)
-    assert fams.keys == ["good/none/default/train", "noise/none/default/train"] and fams.of_member == [0, 0, 1, 1]
+    assert fams.keys == ["good/none/default", "noise/none/default"] and fams.of_member == [0, 0, 1, 1]
     shared = shared_oof(family_oof(oofs, fams, keys), fams.keys)
     assert len(shared.fnames) == 80  # single members share no row, their families share all of them
     fw = fit_weights(shared.probs, shared.targets)
@@ -250,6 +262,91 @@ def test_families_share_oof_rows_across_folds_and_split_their_weight():
     np.testing.assert_allclose(fams.family_weights(mw), fw)
     with pytest.raises(BlendError, match="both hold OOF row"):
         family_oof([oofs[0], oofs[0]], group_families(infos[:2]), ["a", "b"])
+
+
+def test_cv_score_is_lower_than_an_optimistic_in_sample_score():
+    # four members of pure noise: any weighting that beats equal weights on these rows fits the noise
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 60)
+    stack = np.stack([softmax(rng.normal(size=(60, 5)) * 2) for _ in range(4)])
+    fit = fit_weights_cv(stack, y, folds=5, seed=0)
+    assert fit.n_rows == 60 and fit.folds == 5 and not fit.verified_only
+    assert fit.in_sample == pytest.approx(map_at_3(combine(stack, fit.weights), y))
+    assert fit.in_sample > fit.equal  # the fit found "signal" in noise ...
+    assert fit.cv < fit.in_sample - 0.02  # ... that does not hold out of sample
+    np.testing.assert_allclose(fit.weights, fit_weights(stack, y))  # final weights: fitted on every row
+
+
+def test_cv_fit_uses_verified_rows_only_when_there_are_enough():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 5, 100)
+    stack = np.stack([noisy_probs(y, s, rng) for s in (2.0, 0.5)])
+    verified = np.arange(100) % 4 != 0  # 75 verified rows
+    fit = fit_weights_cv(stack, y, verified=verified, min_verified=75)
+    assert fit.verified_only and fit.n_rows == 75
+    assert fit.equal == pytest.approx(map_at_3(combine(stack[:, verified]), y[verified]))
+    fit = fit_weights_cv(stack, y, verified=verified, min_verified=76)
+    assert not fit.verified_only and fit.n_rows == 100
+
+
+def test_weight_ties_go_to_equal_weights_not_to_the_grid_order():
+    y = np.zeros(30, dtype=np.int64)
+    good = np.tile([0.5, 0.3, 0.2], (30, 1))
+    bad = good.copy()
+    bad[:10] = [0.2, 0.6, 0.2]  # confidently wrong on a third of the rows
+    # identical members: every weighting scores the same, so equal weights stay
+    np.testing.assert_allclose(fit_weights(np.stack([good, good, good]), y), [1 / 3] * 3)
+    # the bad member first: weights 0 and 0.25 both fix its rows (good/bad > 2.15), the grid tries 0 first;
+    # the tie goes to the more equal weighting, so no member is zeroed
+    w = fit_weights(np.stack([bad, good]), y)
+    assert map_at_3(combine(np.stack([bad, good]), w), y) == 1.0
+    np.testing.assert_allclose(w, [0.25, 0.75])
+
+
+def test_retrain_member_joins_its_parent_family_and_shares_its_weight():
+    infos = [{"arch": "a", "aug": "none", "fold": 1, "stage": "train"},
+             {"arch": "a", "aug": "none", "fold": 1, "stage": "retrain_val"},
+             {"arch": "b", "aug": "none", "fold": 1, "stage": "retrain_val"}]  # a retrain without its parent
+    fams = group_families(infos)
+    assert fams.keys == ["a/none/default", "b/none/default"] and fams.of_member == [0, 0, 1]
+    assert fams.oof_from == [True, False, True] and fams.retrain == [False, True, True]
+    oof = Predictions(["x", "y"], np.eye(2), np.array([0, 1]))
+    shared = shared_oof(family_oof([oof, oof, oof], fams, ["a1", "a1_r", "b1_r"]), fams.keys)
+    assert shared.fnames == ["x", "y"]  # the copy of the parent's OOF is not counted twice
+    assert fams.member_weights([0.6, 0.4]) == pytest.approx([0.3, 0.3, 0.4])
+    # a retrain_val job with its own retrain.* keys (another variant) still joins its parent's family
+    child = {"arch": "a", "aug": "none", "fold": 1, "stage": "retrain_val", "variant": "retrain.max_epochs=3",
+             "oof_source": "/runs/demo/a/none/default/fold_1"}
+    assert group_families([infos[0], child]).of_member == [0, 0]
+
+
+def test_ece_and_log_loss_by_hand():
+    probs = np.array([
+        [0.95, 0.03, 0.02],  # conf 0.95, bin 14, right
+        [0.92, 0.05, 0.03],  # conf 0.92, bin 13, wrong
+        [0.90, 0.06, 0.04],  # conf 0.90, bin 13, right
+        [0.20, 0.55, 0.25],  # conf 0.55, bin 8, right
+        [0.50, 0.30, 0.20],  # conf 0.50, bin 7, wrong
+    ])
+    y = np.array([0, 1, 0, 1, 2])
+    # bins 14: |1 - .95| x 1/5; 13: |.5 - .91| x 2/5; 8: |1 - .55| x 1/5; 7: |0 - .5| x 1/5
+    assert expected_calibration_error(probs, y) == pytest.approx(0.01 + 0.164 + 0.09 + 0.1)
+    assert expected_calibration_error(probs, y, n_bins=1) == pytest.approx(abs(0.6 - 3.82 / 5))
+    assert log_loss(probs, y) == pytest.approx(-np.mean(np.log([0.95, 0.05, 0.90, 0.55, 0.20])))
+
+
+def test_cross_validated_temperature_keeps_rankings_and_is_out_of_sample():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 5, 200)
+    probs = noisy_probs(y, 1.0, rng, scale=4.0)  # over-confident
+    parts = [np.arange(k, 200, 4) for k in range(4)]
+    after = cross_validated_temperature(probs, y, parts)
+    np.testing.assert_array_equal(np.argsort(-after, axis=1), np.argsort(-probs, axis=1))
+    assert log_loss(after, y) < log_loss(probs, y)
+    assert expected_calibration_error(after, y) < expected_calibration_error(probs, y)
+    held_out = apply_temperature(fit_temperature(probs[np.setdiff1d(np.arange(200), parts[0])],
+                                                 y[np.setdiff1d(np.arange(200), parts[0])]), probs[parts[0]])
+    np.testing.assert_allclose(after[parts[0]], held_out)
 
 
 def test_shared_oof_keeps_common_rows_in_first_member_order():
@@ -393,11 +490,70 @@ def test_blend_py_end_to_end_rebuilds_identically_and_logs_to_mlflow(world, tmp_
     assert run.data.metrics["test_map3_private"] == pytest.approx(scored["map3_private"])
     assert run.data.metrics["oof_map3"] >= run.data.metrics["oof_map3_equal_weights"]
     assert "oof_map3/resnet50/specmask_concat/fold_1_r" in run.data.metrics
+    # the OOF weights' score on the rows they were fitted on and out of sample (5-fold CV), both logged
+    m = run.data.metrics
+    assert {"oof_map3_in_sample", "oof_map3_cv", "oof_map3_equal_weights_fit_rows"} <= set(m)
+    assert m["oof_map3_in_sample"] == pytest.approx(m["oof_map3"]) and m["oof_fit_n"] == 30
+    assert m["oof_map3_in_sample"] >= m["oof_map3_equal_weights_fit_rows"] and 0 <= m["oof_map3_cv"] <= 1
+    assert f"in-sample {m['oof_map3_in_sample']:.4f}, 5-fold cross-validated {m['oof_map3_cv']:.4f}" in first.stdout
+    # each retrain_val member takes an equal share of its parent's family weight, and the log says so
+    w = json.loads(run.data.params["weights"])
+    assert w[0] == pytest.approx(w[1]) and w[2] == pytest.approx(w[3])
+    assert json.loads(run.data.params["families"]) == {"cnn_small/none/default": FOLD1[:2],
+                                                       "resnet50/specmask_concat/default": FOLD1[2:]}
+    assert ("cnn_small/none/fold_1_r: retrain_val run carrying its parent's OOF, so OOF rows cannot weigh it; "
+            "it shares the weight of family cnn_small/none/default equally") in first.stdout
     assert run.data.params["method"] == "gmean" and run.data.params["calibration"] == "prior"
     assert run.data.params["weights_mode"] == "oof"
     assert json.loads(run.data.params["members"]) == FOLD1
     assert sum(json.loads(run.data.params["weights"])) == pytest.approx(1.0)
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "e2e.csv"]
+    assert {"config.yaml", "e2e.csv", "probs.npz"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_temperature_keeps_the_submission_and_scores_its_probabilities(world, monkeypatch, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    root, _ = world
+    monkeypatch.setenv("FSTAG_ROOT", str(root))
+    uri = f"sqlite:///{tmp_path / 'cal.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    members = "[" + ",".join(FOLD1) + "]"
+    submission = root / "submissions" / "t.csv"
+    run_blend(compose([f"blend.members={members}", "blend.name=t"]), tmp_path / "none")
+    plain = submission.read_bytes()
+    metrics = run_blend(compose([f"blend.members={members}", "blend.name=t", "blend.calibration=temperature"]),
+                        tmp_path / "temp")
+    assert submission.read_bytes() == plain  # the same rankings, so the same top 3
+    out = capsys.readouterr().out
+    assert "keeps every row's ranking, so the submission's top 3 and its MAP@3 are the same" in out
+    with np.load(tmp_path / "none" / "probs.npz") as a, np.load(tmp_path / "temp" / "probs.npz") as b:
+        assert list(b["labels"]) == LABELS and list(b["fnames"]) == list(a["fnames"])
+        np.testing.assert_array_equal(np.argsort(-a["probs"], axis=1), np.argsort(-b["probs"], axis=1))
+        assert not np.allclose(a["probs"], b["probs"], atol=1e-4)  # but other probabilities
+    keys = ("oof_logloss_before", "oof_logloss_after", "oof_ece_before", "oof_ece_after", "temperature")
+    (logged,) = MlflowClient(uri).search_runs(
+        [MlflowClient(uri).get_experiment_by_name("fstag-demo").experiment_id],
+        filter_string="attributes.run_name = 'blend/t' and params.calibration = 'temperature'")
+    for k in keys:
+        assert logged.data.metrics[k] == pytest.approx(metrics[k])
+    assert 0 <= metrics["oof_ece_after"] <= 1 and metrics["oof_logloss_after"] > 0
+
+
+def test_runs_of_different_fold_splits_are_not_blended(world):
+    root, runs = world
+    runs_root = root / "multirun" / EXP
+    for name, digest in (("cnn_small/none/fold_1", "aaaa"), ("resnet50/specmask_concat/fold_1", "bbbb")):
+        info = json.loads((runs[name] / RUN_JSON).read_text())
+        info["fold_split"] = {"n_splits": 5, "seed": 2018 if digest == "aaaa" else 7, "train_csv_sha256": "c" * 64,
+                              "digest": digest}
+        (runs[name] / RUN_JSON).write_text(json.dumps(info))
+    with pytest.raises(MemberError) as err:
+        resolve_members(FOLD1, runs_root, "unused")
+    msg = str(err.value)
+    assert ("member resnet50/specmask_concat/fold_1 was trained on split bbbb (n_splits=5, seed=7, "
+            "train.csv sha256 cccccccccccc) but member cnn_small/none/fold_1 on split aaaa (n_splits=5, seed=2018") in msg
+    assert msg.count("different fold splits") == 1  # runs without the record (older runs) are not refused
+    resolve_members(FOLD1[:2], runs_root, "unused")
 
 
 def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):

@@ -27,12 +27,15 @@ def test_defaults_are_the_seeds(monkeypatch, tmp_path):
     cfg = _compose([], monkeypatch, tmp_path)
     assert cfg["arch"]["name"] == "resnext101_32x4d" and cfg["arch"]["pretrained"] is False
     assert cfg["loader"]["batch_size"] == 128 and cfg["loader"]["crop_frames"] == 150
-    assert cfg["optimizer"] == {"name": "sgd", "lr": 0.009, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
-    assert cfg["scheduler"] == {"name": "seed", "cosine_t_max": 50, "step_milestones": [20, 30, 40], "step_gamma": 0.7}
+    assert cfg["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.009, "momentum": 0.9,
+                                "weight_decay": 5e-4, "nesterov": False}
+    assert cfg["scheduler"] == {"_target_": "fstag.schedules.seed_schedule", "_partial_": True, "cosine_t_max": 50,
+                                "step_milestones": [20, 30, 40], "step_gamma": 0.7, "interval": "epoch"}
     assert cfg["arch"]["input_norm"] == "bn" and cfg["loss"]["label_smoothing"] == 0.0 and cfg["noise"]["name"] == "none"
     assert not cfg["specaug"]["enabled"] and not cfg["mixstyle"]["enabled"] and cfg["loader"]["pad_value"] == 0.0
-    assert cfg["trainer"]["max_epochs"] == 60 and cfg["trainer"]["accumulate"] == {5: 2, 25: 3}
-    assert cfg["early_stopping"] == {"monitor": "val_acc1", "patience": 12, "min_delta": 0.01}
+    assert cfg["trainer"]["max_epochs"] == 60 and cfg["callbacks"]["gradient_accumulation"]["scheduling"] == {5: 2, 25: 3}
+    es = cfg["callbacks"]["early_stopping"]
+    assert (es["monitor"], es["mode"], es["patience"], es["min_delta"]) == ("val_acc1", "max", 12, 0.01)
     assert cfg["mixup"] == {"enabled": True, "prob": 0.7, "alpha": 3.0}
     assert cfg["retrain"] == {"max_epochs": 10, "min_epochs": 2, "patience": 6}
     assert cfg["features"]["n_fft"] == 1764 and cfg["features"]["hop_length"] == 220

@@ -83,7 +83,8 @@ def test_cache_layout_and_values(demo_with_bad_files):
     root, directory, summaries = demo_with_bad_files
     assert directory == feature_dir(root / "features", FeatureConfig()) and directory.name == feature_key(FeatureConfig())
     assert {p.name for p in directory.iterdir()} == {
-        "features.yaml", "report.csv", "train.f16", "train.index.csv", "test.f16", "test.index.csv"}
+        "features.yaml", "report.csv", "train.f16", "train.index.csv", "test.f16", "test.index.csv",
+        ".preprocess.lock"}  # the writer lock (fstag.preprocess), left in place for the next run
     train, test = FeatureStore.open(directory, "train"), FeatureStore.open(directory, "test")
     csv_train = pd.read_csv(root / "train.csv")["fname"].tolist()
     assert train.fnames == [f for f in csv_train if f in train]  # CSV order

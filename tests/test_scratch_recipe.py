@@ -28,7 +28,7 @@ def _compose(overrides, monkeypatch, root):
 def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
     cfg = _compose(["experiment=scratch", "arch=resnet50", "arch.name=resnet18", "data=fsdkaggle2018"], monkeypatch, tmp_path)
     assert cfg["arch"]["name"] == "resnet18" and cfg["arch"]["input_norm"] == "band_stats" and not cfg["arch"]["pretrained"]
-    assert cfg["optimizer"]["name"] == "adamw" and cfg["scheduler"]["name"] == "warmup_cosine"
+    assert cfg["optimizer"]["_target_"] == "torch.optim.AdamW" and cfg["scheduler"]["_target_"] == "fstag.schedules.warmup_cosine_schedule"
     assert cfg["aug"]["name"] == "specmask_concat" and cfg["aug"]["specmask_concat"] and "recording" not in cfg["aug"]
     assert cfg["specaug"]["enabled"] and cfg["loss"]["label_smoothing"] == 0.1 and cfg["data"]["name"] == "fsdkaggle2018"
     assert cfg["noise"]["name"] == "prune"
@@ -39,7 +39,7 @@ def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
     assert robust["aug"]["specmask_concat"] and robust["aug"]["recording"]["enabled"]
     # the seed's recipe is untouched without the experiment
     seed = _compose(["aug=robust"], monkeypatch, tmp_path)
-    assert seed["optimizer"]["name"] == "sgd" and seed["arch"]["input_norm"] == "bn" and seed["aug"]["recording"]["enabled"]
+    assert seed["optimizer"]["_target_"] == "torch.optim.SGD" and seed["arch"]["input_norm"] == "bn" and seed["aug"]["recording"]["enabled"]
 
 
 @pytest.mark.slow
@@ -52,7 +52,7 @@ def test_scratch_job_carries_its_band_stats_and_predicts_a_folder(demo_project, 
     job = jobs[0].parent
     ckpt = torch.load(job / "checkpoints" / "best.ckpt", map_location="cpu")
     hp = ckpt["hyper_parameters"]
-    assert hp["optimizer"]["name"] == "adamw" and hp["recording"]["enabled"] and hp["noise"]["name"] == "prune"
+    assert hp["optimizer"]["_target_"] == "torch.optim.AdamW" and hp["recording"]["enabled"] and hp["noise"]["name"] == "prune"
     stats_file = next((p.root / "data" / "demo" / "features").rglob(BAND_STATS_NPZ))
     with np.load(stats_file) as z:
         np.testing.assert_allclose(np.array(hp["band_stats"]["mean"]), z["mean"], rtol=1e-6)
