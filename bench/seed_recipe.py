@@ -66,7 +66,7 @@ def main() -> None:
     print("\nstep                                                   seconds")
     for name, sec in times:
         print(f"{name:<55} {sec:>7.0f}")
-    print(f"{"total (data generation included)":<55} {total:>7.0f}  ({total / 60:.1f} min)")
+    print(f"{'total (data generation included)':<55} {total:>7.0f}  ({total / 60:.1f} min)")
 
 
 if __name__ == "__main__":
