@@ -3,12 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-import fstag.config  # noqa: F401  (registers resolvers)
+import fstag.runs.resolvers  # noqa: F401  (registers the ${fstag.*} resolvers of conf/)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    from fstag.predicting import run_predict
+    from fstag.infer.job import run_predict
 
     run_predict(cfg)
 

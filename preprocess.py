@@ -5,13 +5,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import fstag.config  # noqa: F401  (registers resolvers)
+import fstag.runs.resolvers  # noqa: F401  (registers the ${fstag.*} resolvers of conf/)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    from fstag.dataset_layout import DatasetError
-    from fstag.preprocess import run_from_config
+    from fstag.data.layout import DatasetError
+    from fstag.data.job import run_from_config
 
     try:
         run_from_config(cfg)

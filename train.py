@@ -7,12 +7,12 @@ Returns ``optimized_metric`` (default val_map3) of the best checkpoint, so sweep
 import hydra
 from omegaconf import DictConfig
 
-import fstag.config  # noqa: F401  (registers resolvers)
+import fstag.runs.resolvers  # noqa: F401  (registers the ${fstag.*} resolvers of conf/)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from fstag.training import optimized_value, run_training
+    from fstag.train.job import optimized_value, run_training
 
     return optimized_value(run_training(cfg), str(cfg.optimized_metric))
 

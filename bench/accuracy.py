@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import machine  # noqa: E402
-from fstag.demo_data import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
-from fstag.metrics import map_at_3  # noqa: E402
+from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
+from fstag.evaluate.metrics import map_at_3  # noqa: E402
 
 SEED_LIKE = ["loader.batch_size=32", "callbacks.gradient_accumulation=null"]
 # name -> (overrides, what it is). "scratch-*" rows remove or add one ingredient of experiment=scratch.

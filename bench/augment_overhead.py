@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import machine  # noqa: E402
-from fstag.lit_module import TaggingModule  # noqa: E402
+from fstag.models.module import TaggingModule  # noqa: E402
 
 N_MELS = 64
 

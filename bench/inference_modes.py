@@ -6,7 +6,7 @@
 Without ``--run-dir`` the script makes the demo data and features in ``<root>`` (a separate FSTAG_ROOT,
 default ``bench_runs/inference_modes``) and trains one ``experiment=demo`` job (cnn_small) through the real
 entry points (a finished job is reused). Then, on the job's cached test features, each setting below
-predicts the test split (``fstag.inference.predict_probs``, the function train.py and predict.py call) and
+predicts the test split (``fstag.infer.predictor.predict_probs``, the function train.py and predict.py call) and
 is scored by MAP@3 on the scored rows of test_post_competition.csv and on the job's validation fold
 (its oof.npz rows; the checkpoint was chosen on them, equally for every setting); clips/s is the best of ``--repeats``
 timed passes (cached features, model forward and combination; feature extraction left out). Last, predict.py
@@ -32,15 +32,15 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.train_throughput import machine  # noqa: E402
-from fstag.augment import pad_value_of  # noqa: E402
-from fstag.config import to_plain  # noqa: E402
-from fstag.demo_data import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
-from fstag.feature_store import FeatureStore, feature_dir  # noqa: E402
-from fstag.features import FeatureConfig  # noqa: E402
-from fstag.inference import predict_probs  # noqa: E402
-from fstag.metrics import map_at_3  # noqa: E402
-from fstag.predicting import load_module, run_config  # noqa: E402
-from fstag.run_dir import RunDir  # noqa: E402
+from fstag.models.augment import pad_value_of  # noqa: E402
+from fstag.core.config import to_plain  # noqa: E402
+from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
+from fstag.data.feature_store import FeatureStore, feature_dir  # noqa: E402
+from fstag.data.feature_config import FeatureConfig  # noqa: E402
+from fstag.infer.predictor import predict_probs  # noqa: E402
+from fstag.evaluate.metrics import map_at_3  # noqa: E402
+from fstag.infer.job import load_module, run_config  # noqa: E402
+from fstag.runs.run_dir import RunDir  # noqa: E402
 
 # test clips by length in frames: shorter than one crop, up to 5 crops (what 5 crops can see), longer
 LENGTH_BINS = [(0, 150), (150, 750), (750, 10**9)]

@@ -72,7 +72,7 @@ def ensure_clips(data_dir: Path, n_clips: int, seconds: float) -> list[str]:
     """The demo generator's clips (all in the train split but one) of ``seconds`` +- 7 %, reused."""
     marker = data_dir / f".bench-{n_clips}x{seconds:g}s"
     if not marker.is_file():
-        from fstag.demo_data import generate_demo_dataset
+        from fstag.data.demo import generate_demo_dataset
 
         if data_dir.exists():
             shutil.rmtree(data_dir)
@@ -107,8 +107,8 @@ def max_difference(scratch: Path, files: list[str]) -> float:
     """Largest absolute difference between the seed's .npy and the cache (same config, log-mel in dB)."""
     import numpy as np
 
-    from fstag.feature_store import FeatureStore, feature_dir
-    from fstag.features import FeatureConfig
+    from fstag.data.feature_store import FeatureStore, feature_dir
+    from fstag.data.feature_config import FeatureConfig
 
     directory = feature_dir(scratch / "features", FeatureConfig())
     stores = {split: FeatureStore.open(directory, split) for split in ("train", "test")}

@@ -1,4 +1,4 @@
-"""Cost of the per-class report (fstag.reports) that every train job and blend writes.
+"""Cost of the per-class report (fstag.evaluate.reports) that every train job and blend writes.
 
     python bench/report_render.py [--classes 41] [--rows 1900] [--repeats 5]
 
@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fstag import reports  # noqa: E402
+from fstag.evaluate import reports  # noqa: E402
 
 
 def _cpu() -> str:

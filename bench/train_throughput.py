@@ -26,8 +26,8 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fstag.datamodule import FoldDataModule, Rows  # noqa: E402
-from fstag.lit_module import TaggingModule  # noqa: E402
+from fstag.train.datamodule import FoldDataModule, Rows  # noqa: E402
+from fstag.models.module import TaggingModule  # noqa: E402
 
 
 class MemoryStore:

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 def _members(train_overrides: list[str], augs: list[str], folds: list[str], stages=("", "_r")) -> list[str]:
     """Member names of the swept jobs: ``cnn_small/<aug>/fold_<k>[_r]``, with the variant of the training
     overrides when there is one (``cnn_small/<aug>/<variant>/fold_<k>``), quoted for a Hydra list."""
-    from fstag.job_identity import DEFAULT_VARIANT, job_variant
+    from fstag.runs.identity import DEFAULT_VARIANT, job_variant
 
     root = next((o.split("=", 1)[1] for o in train_overrides if o.startswith("data.root=")), None)
     names = []

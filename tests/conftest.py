@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+import fstag.runs.resolvers  # noqa: F401  (the ${fstag.*} resolvers of conf/, registered as the entry points do)
+
 REPO = Path(__file__).resolve().parent.parent
 # A tiny demo set: 3 train clips per class of the default label set, short clips.
 TINY_DEMO = ["data.demo.n_train=63", "data.demo.n_test=12", "data.demo.n_shifted=0", "data.demo.max_duration=4.0", "data.demo.seed=7"]

@@ -1,8 +1,8 @@
 import torch
 
-from fstag.augment import crop_or_pad, mixup_batch, spec_mask, specmask_concat
-from fstag.inference import tta_crop
-from fstag.lit_module import lr_factor
+from fstag.models.augment import crop_or_pad, mixup_batch, spec_mask, specmask_concat
+from fstag.infer.predictor import tta_crop
+from fstag.models.module import lr_factor
 
 
 def test_crop_or_pad_long_and_short():

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-import fstag.config  # noqa: F401  (registers the resolvers of conf/)
-from fstag.augment import crop_or_pad, silence_canvas
-from fstag.band_stats import BAND_STATS_NPZ, compute_band_stats, load_or_compute_band_stats
-from fstag.batch_aug import (
+import fstag.runs.resolvers  # noqa: F401  (registers the ${fstag.*} resolvers of conf/)
+from fstag.models.augment import crop_or_pad, silence_canvas
+from fstag.data.band_stats import BAND_STATS_NPZ, compute_band_stats, load_or_compute_band_stats
+from fstag.models.batch_aug import (
     add_noise, freq_mixstyle, random_eq_curves, recompute_deltas, reverberate, shift_mels, simulate_recording,
     spec_augment,
 )
-from fstag.features import FeatureConfig, TorchFeatureExtractor
-from fstag.label_noise import LossPruning
-from fstag.schedules import build_scheduler, lr_factor, warmup_cosine_factor
+from fstag.data.feature_config import FeatureConfig
+from fstag.data.features import TorchFeatureExtractor
+from fstag.models.label_noise import LossPruning
+from fstag.models.schedules import build_scheduler, lr_factor, warmup_cosine_factor
 
 OFF = {"prob": 1.0, "gain_db": 0.0, "eq_db": 0.0, "reverb_prob": 0.0, "noise_prob": 0.0, "mel_shift": 0.0}
 

@@ -1,4 +1,4 @@
-"""blend.py and its modules on synthetic run directories built exactly as fstag/run_dir.py describes."""
+"""blend.py and its modules on synthetic run directories built exactly as fstag/runs/run_dir.py describes."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fstag.blend_job import parse_blend, run_blend
-from fstag.blending import (
+from fstag.ensemble.job import run_blend
+from fstag.ensemble.spec import parse_blend
+from fstag.ensemble.blending import (
     BlendError,
     align,
     combine,
@@ -24,7 +25,7 @@ from fstag.blending import (
     group_families,
     shared_oof,
 )
-from fstag.calibration import (
+from fstag.ensemble.calibration import (
     apply_temperature,
     class_shares,
     cross_validated_temperature,
@@ -34,11 +35,11 @@ from fstag.calibration import (
     log_loss,
     prior_correction,
 )
-from fstag.config import CONFIG_DIR
-from fstag.members import RUN_DIR_TAG, MemberError, resolve_member, resolve_members
-from fstag.metrics import map_at_3
-from fstag.run_dir import OOF_NPZ, RUN_JSON, TEST_NPZ, Predictions, job_relpath
-from fstag.submission import score_submission, validate_submission
+from fstag.core.config import CONFIG_DIR
+from fstag.runs.members import RUN_DIR_TAG, MemberError, resolve_member, resolve_members
+from fstag.evaluate.metrics import map_at_3
+from fstag.runs.run_dir import OOF_NPZ, RUN_JSON, TEST_NPZ, Predictions, job_relpath
+from fstag.ensemble.submission import score_submission, validate_submission
 
 REPO = Path(__file__).resolve().parent.parent
 LABELS = ["Bark", "Cello", "Flute", "Gong", "Oboe"]
@@ -401,7 +402,7 @@ def test_member_errors_name_what_was_looked_for(world):
 
 
 def _preds_of(path: Path):
-    from fstag.run_dir import RunDir
+    from fstag.runs.run_dir import RunDir
 
     run = RunDir.open(path)
     return run.oof(), run.test()
@@ -410,7 +411,7 @@ def _preds_of(path: Path):
 def test_member_by_mlflow_run_id(world, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from fstag.tracking import ensure_experiment
+    from fstag.runs.tracking import ensure_experiment
 
     root, runs = world
     uri = f"sqlite:///{tmp_path / 'ids.db'}"
@@ -572,8 +573,8 @@ def test_demo_blend_config_in_process(world, monkeypatch, tmp_path):
 
 
 def test_short_member_names_find_a_job_trained_on_another_data_root(tmp_path):
-    from fstag.job_identity import data_digest
-    from fstag.members import resolve_member
+    from fstag.runs.identity import data_digest
+    from fstag.runs.members import resolve_member
 
     data = tmp_path / "data"
     data.mkdir()

@@ -15,7 +15,7 @@ import time
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fstag.config import CONFIG_DIR
+from fstag.core.config import CONFIG_DIR
 from tests.conftest import REPO, TINY_DEMO, TINY_TRAIN
 
 
@@ -27,7 +27,7 @@ def _launcher(name: str, *overrides: str) -> dict:
     return OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
 
 
-@pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema:UserWarning")  # fstag.config
+@pytest.mark.filterwarnings("ignore:(?s).*is validated against ConfigStore schema:UserWarning")  # fstag.core.config
 def test_launcher_configs_as_users_type_them():
     import joblib
     import torch
@@ -44,7 +44,7 @@ def test_launcher_configs_as_users_type_them():
 
 
 def _lease(gpus, key, queue, done):
-    from fstag.launchers import lease_gpu
+    from fstag.runs.launchers import lease_gpu
 
     queue.put((lease_gpu(gpus, key), os.environ.get("CUDA_VISIBLE_DEVICES")))
     done.wait(300)  # hold the lease until every worker has tried
@@ -113,7 +113,7 @@ def test_second_preprocess_waits_for_the_first_and_never_interleaves(demo_projec
 
 @pytest.mark.slow
 def test_two_train_jobs_read_one_cache_at_once(demo_project, tmp_path):
-    from fstag.tracking import ensure_experiment
+    from fstag.runs.tracking import ensure_experiment
 
     runs_dir = tmp_path / "multirun"
     # the store exists before the jobs start, as a sweep's callback or a tracking server makes sure

@@ -74,10 +74,10 @@ def test_debug_presets_run_and_stay_out_of_the_experiment(demo_project):
 
 def _validate_single_process(job) -> dict[str, float]:
     """val_acc1 / val_map3 of the job's best checkpoint on its validation rows, in this one process."""
-    from fstag.datamodule import FoldDataModule
-    from fstag.fold_data import load_fold_data
-    from fstag.lit_module import TaggingModule
-    from fstag.metrics import map_at_3_torch
+    from fstag.train.datamodule import FoldDataModule
+    from fstag.train.fold_data import load_fold_data
+    from fstag.models.module import TaggingModule
+    from fstag.evaluate.metrics import map_at_3_torch
 
     cfg = OmegaConf.load(job / "config.yaml")
     data = load_fold_data(cfg)
@@ -114,7 +114,7 @@ def test_ddp_on_two_cpu_processes_gives_the_single_process_metrics_once(demo_pro
 
 def test_checkpoints_reload_without_their_initial_weights_or_compiler(demo_project, tmp_path):
     """A run trained from a local pretrained file, compiled: predict.py and retrain_val need neither."""
-    from fstag.models import build_model
+    from fstag.models.backbones import build_model
 
     weights = tmp_path / "imagenet_like.pt"
     net = build_model({"name": "cnn_small", "pretrained": False}, num_classes=21)
@@ -134,7 +134,7 @@ def test_checkpoints_reload_without_their_initial_weights_or_compiler(demo_proje
 
 
 def test_a_compiled_models_checkpoint_loads_into_a_plain_module(tmp_path):
-    from fstag.lit_module import TaggingModule
+    from fstag.models.module import TaggingModule
 
     hp = dict(arch={"name": "cnn_small", "pretrained": False}, labels=["a", "b", "c"],
               optimizer={"_target_": "torch.optim.SGD", "lr": 0.1}, scheduler={"_target_": "x"}, mixup={"enabled": False})

@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from fstag.config import CONFIG_DIR
+from fstag.core.config import CONFIG_DIR
 
 
 def _compose(overrides, monkeypatch, root, env_uri=None):
@@ -29,7 +29,7 @@ def test_defaults_are_the_seeds(monkeypatch, tmp_path):
     assert cfg["loader"]["batch_size"] == 128 and cfg["loader"]["crop_frames"] == 150
     assert cfg["optimizer"] == {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.009, "momentum": 0.9,
                                 "weight_decay": 5e-4, "nesterov": False}
-    assert cfg["scheduler"] == {"_target_": "fstag.schedules.seed_schedule", "_partial_": True, "cosine_t_max": 50,
+    assert cfg["scheduler"] == {"_target_": "fstag.models.schedules.seed_schedule", "_partial_": True, "cosine_t_max": 50,
                                 "step_milestones": [20, 30, 40], "step_gamma": 0.7, "interval": "epoch"}
     assert cfg["arch"]["input_norm"] == "bn" and cfg["loss"]["label_smoothing"] == 0.0 and cfg["noise"]["name"] == "none"
     assert not cfg["specaug"]["enabled"] and not cfg["mixstyle"]["enabled"] and cfg["loader"]["pad_value"] == 0.0
@@ -95,7 +95,7 @@ def test_the_variant_spells_the_overrides_that_change_the_result(monkeypatch, tm
                                    monkeypatch, tmp_path)
     assert job == f"{base}/optimizer.lr=0.05,retrain.max_epochs=3/fold_0_r"
     assert parent == f"{base}/optimizer.lr=0.05/fold_0"
-    # a long variant becomes a short hash (fstag.job_identity saves the overrides beside it)
+    # a long variant becomes a short hash (fstag.runs.identity saves the overrides beside it)
     long = [f"optimizer.lr=0.0{i}23456789012345" for i in range(1, 2)] + [
         "mixup.alpha=2.3456789012345", "mixup.prob=0.56789012345678", "loader.crop_frames=123", "data.unverified_weight=0.123456789"]
     job, _, _, _ = _job_paths(["experiment=demo_seed", *long], monkeypatch, tmp_path)

@@ -9,13 +9,12 @@ import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
-from fstag.audio import read_audio, resample, trim_bounds
-from fstag.config import CONFIG_DIR
-from fstag.features import (
-    FeatureConfig,
+from fstag.data.audio import read_audio, resample, trim_bounds
+from fstag.core.config import CONFIG_DIR
+from fstag.data.extract import compute_features_for_files
+from fstag.data.feature_config import FeatureConfig, feature_key
+from fstag.data.features import (
     TorchFeatureExtractor,
-    compute_features_for_files,
-    feature_key,
     librosa_logmel_deltas,
     reference_features_from_file,
     savgol_deriv_kernel,

@@ -10,7 +10,7 @@ import re
 import pandas as pd
 import pytest
 
-from fstag.folds import fold_split
+from fstag.data.folds import fold_split
 from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.slow

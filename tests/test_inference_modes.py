@@ -11,9 +11,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from fstag.audio import load_clip, stream_clip
-from fstag.features import FeatureConfig, LongClip, TorchFeatureExtractor, is_silent, iter_long_features
-from fstag.inference import clip_seed, iter_windows, predict_probs
+from fstag.data.audio import load_clip, stream_clip
+from fstag.data.feature_config import FeatureConfig
+from fstag.data.features import TorchFeatureExtractor, is_silent
+from fstag.data.long_clips import LongClip, iter_long_features
+from fstag.infer.predictor import clip_seed, iter_windows, predict_probs
 
 REPO = Path(__file__).resolve().parent.parent
 CFG = FeatureConfig()
@@ -112,8 +114,10 @@ def test_streaming_a_long_file_keeps_memory_bounded(tmp_path):
     """Peak RSS while streaming a 3-minute file, then while computing it whole, in a fresh process."""
     path = _tone_file(tmp_path / "three_minutes.wav", 180.0, sr=22050)
     code = textwrap.dedent(f"""
-        from fstag.features import FeatureConfig, TorchFeatureExtractor, iter_long_features
-        from fstag.audio import load_clip
+        from fstag.data.feature_config import FeatureConfig
+        from fstag.data.features import TorchFeatureExtractor
+        from fstag.data.long_clips import iter_long_features
+        from fstag.data.audio import load_clip
         cfg = FeatureConfig()
         def rss():  # peak RSS of this process image in MiB (ru_maxrss would carry the parent's over exec)
             line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))

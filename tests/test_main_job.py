@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fstag.submission import validate_submission
-from fstag.job_identity import job_variant
+from fstag.ensemble.submission import validate_submission
+from fstag.runs.identity import job_variant
 from tests.conftest import TINY_DEMO, TINY_OVERRIDES, Project, make_env
 
 pytestmark = pytest.mark.slow

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from fstag.metrics import arithmetic_mean, geometric_mean, map_at_3, map_at_3_torch, top1_accuracy
+from fstag.evaluate.metrics import arithmetic_mean, geometric_mean, map_at_3, map_at_3_torch, top1_accuracy
 
 
 def test_map3_hand_computed():

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fstag.metrics import geometric_mean
+from fstag.evaluate.metrics import geometric_mean
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,7 @@ def test_a_train_jobs_test_predictions_flag_a_silent_clip(demo_project, tmp_path
     the job's own test predictions), and the submission's scoring report counts it."""
     from tests.conftest import TINY_DEMO, TINY_TRAIN, Project, make_env
 
-    from fstag.submission import read_test_flags, score_submission, write_submission
+    from fstag.ensemble.submission import read_test_flags, score_submission, write_submission
 
     root = tmp_path / "silent_project"
     src = demo_project.root / "data" / "demo"

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from fstag.feature_store import FeatureStore, FeatureStoreError, feature_dir, read_report
-from fstag.features import FeatureConfig, feature_key, reference_features_from_file
-from fstag.preprocess import PreprocessSettings, preprocess
+from fstag.data.feature_store import FeatureStore, FeatureStoreError, feature_dir, read_report
+from fstag.data.feature_config import FeatureConfig, feature_key
+from fstag.data.features import reference_features_from_file
+from fstag.data.job import PreprocessSettings, preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = PreprocessSettings(num_workers=2, chunk_size=4, progress=False)
@@ -58,7 +59,7 @@ def as_f32(store: FeatureStore, fname: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def demo_with_bad_files(tmp_path_factory):
     """The demo generator's tiny data set plus broken and unusual files listed in train.csv, preprocessed."""
-    from fstag.demo_data import generate_demo_dataset
+    from fstag.data.demo import generate_demo_dataset
 
     root = tmp_path_factory.mktemp("demo") / "data"
     generate_demo_dataset(root, progress=False, n_train=21, n_test=4, n_shifted=0, max_duration=3.0, seed=3, workers=1)
@@ -84,7 +85,7 @@ def test_cache_layout_and_values(demo_with_bad_files):
     assert directory == feature_dir(root / "features", FeatureConfig()) and directory.name == feature_key(FeatureConfig())
     assert {p.name for p in directory.iterdir()} == {
         "features.yaml", "report.csv", "train.f16", "train.index.csv", "test.f16", "test.index.csv",
-        ".preprocess.lock"}  # the writer lock (fstag.preprocess), left in place for the next run
+        ".preprocess.lock"}  # the writer lock (fstag.data.job), left in place for the next run
     train, test = FeatureStore.open(directory, "train"), FeatureStore.open(directory, "test")
     csv_train = pd.read_csv(root / "train.csv")["fname"].tolist()
     assert train.fnames == [f for f in csv_train if f in train]  # CSV order

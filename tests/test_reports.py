@@ -1,4 +1,4 @@
-"""Per-class reports (fstag.reports): the numbers against a direct computation, the files, and what a train
+"""Per-class reports (fstag.evaluate.reports): the numbers against a direct computation, the files, and what a train
 job and a blend log to MLflow."""
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from fstag import reports
-from fstag.metrics import map_at_3
-from fstag.run_dir import OOF_NPZ, RUN_JSON
-from fstag.submission import score_submission
-from fstag.tracking import metric_name
+from fstag.ensemble import blend_reports
+from fstag.evaluate import reports
+from fstag.evaluate.metrics import map_at_3
+from fstag.runs.run_dir import OOF_NPZ, RUN_JSON
+from fstag.ensemble.submission import score_submission
+from fstag.runs.tracking import metric_name
 from tests.test_blend import LABELS, compose, noisy_probs, world  # noqa: F401 (world: the blend fixture)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -34,7 +35,7 @@ def hand_ap(positive: np.ndarray, score: np.ndarray) -> float:
 
 
 def direct_table(probs, targets, labels) -> pd.DataFrame:
-    """The per-class numbers computed class by class, without fstag.reports."""
+    """The per-class numbers computed class by class, without fstag.evaluate.reports."""
     n, rows = len(targets), []
     for c, label in enumerate(labels):
         mine = targets == c
@@ -146,12 +147,12 @@ def test_scored_test_rows_leave_out_ignored_clips_and_name_bad_labels(tmp_path):
     csv = tmp_path / "test_post_competition.csv"
     pd.DataFrame({"fname": ["x.wav", "y.wav", "z.wav"], "label": ["b", "None", "a"],
                   "usage": ["Public", "Ignored", "Private"]}).to_csv(csv, index=False)
-    rows, targets = reports.scored_test_rows(csv, ["z.wav", "y.wav", "x.wav"], ["a", "b"])
+    rows, targets = blend_reports.scored_test_rows(csv, ["z.wav", "y.wav", "x.wav"], ["a", "b"])
     assert rows.tolist() == [2, 0] and targets.tolist() == [1, 0]
     with pytest.raises(reports.ReportError, match=r"test_post_competition.csv: label\(s\) \['a'\] are not among"):
-        reports.scored_test_rows(csv, ["z.wav", "y.wav", "x.wav"], ["b", "c"])
+        blend_reports.scored_test_rows(csv, ["z.wav", "y.wav", "x.wav"], ["b", "c"])
     with pytest.raises(reports.ReportError, match=r"1 scored clip\(s\) have no prediction, e.g. \['z.wav'\]"):
-        reports.scored_test_rows(csv, ["x.wav"], ["a", "b"])
+        blend_reports.scored_test_rows(csv, ["x.wav"], ["a", "b"])
 
 
 # --- the train job and the blend in MLflow -------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_train_job_logs_its_oof_report_to_mlflow(swept_project):
 def test_blend_logs_oof_and_test_reports(world, monkeypatch, tmp_path):  # noqa: F811 (the imported fixture)
     from mlflow.tracking import MlflowClient
 
-    from fstag.blend_job import run_blend
+    from fstag.ensemble.job import run_blend
 
     root, _ = world
     db = tmp_path / "blend.db"

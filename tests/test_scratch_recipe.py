@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from fstag.band_stats import BAND_STATS_NPZ
-from fstag.config import CONFIG_DIR
+from fstag.data.band_stats import BAND_STATS_NPZ
+from fstag.core.config import CONFIG_DIR
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -28,7 +28,7 @@ def _compose(overrides, monkeypatch, root):
 def test_scratch_composes_with_arch_aug_and_data(monkeypatch, tmp_path):
     cfg = _compose(["experiment=scratch", "arch=resnet50", "arch.name=resnet18", "data=fsdkaggle2018"], monkeypatch, tmp_path)
     assert cfg["arch"]["name"] == "resnet18" and cfg["arch"]["input_norm"] == "band_stats" and not cfg["arch"]["pretrained"]
-    assert cfg["optimizer"]["_target_"] == "torch.optim.AdamW" and cfg["scheduler"]["_target_"] == "fstag.schedules.warmup_cosine_schedule"
+    assert cfg["optimizer"]["_target_"] == "torch.optim.AdamW" and cfg["scheduler"]["_target_"] == "fstag.models.schedules.warmup_cosine_schedule"
     assert cfg["aug"]["name"] == "specmask_concat" and cfg["aug"]["specmask_concat"] and "recording" not in cfg["aug"]
     assert cfg["specaug"]["enabled"] and cfg["loss"]["label_smoothing"] == 0.1 and cfg["data"]["name"] == "fsdkaggle2018"
     assert cfg["noise"]["name"] == "prune"

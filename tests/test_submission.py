@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fstag.submission import (
+from fstag.ensemble.submission import (
     SubmissionError,
     read_test_labels,
     score_submission,

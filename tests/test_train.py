@@ -238,7 +238,7 @@ def test_an_identical_rerun_skips_and_a_changed_config_in_a_used_directory_is_an
 
 
 def test_retrain_val_of_a_variant_starts_from_that_variants_parent(lr_grid):
-    from fstag.training import state_digest
+    from fstag.train.retrain import state_digest
 
     lr_grid.run("train.py", *TINY_TRAIN, "fold=0", "stage=retrain_val", "optimizer.lr=0.05", "trainer.max_epochs=1",
                 "exp=lrtest", "retrain.max_epochs=1")
@@ -257,7 +257,7 @@ def test_retrain_val_of_a_variant_starts_from_that_variants_parent(lr_grid):
 
 
 def test_a_failing_job_fails_its_sweep_and_concurrent_sweeps_keep_their_parents(demo_project):
-    from fstag.tracking import ensure_experiment
+    from fstag.runs.tracking import ensure_experiment
 
     ensure_experiment(demo_project.tracking_uri, "fstag-demo")  # the store exists before two sweeps share it
     common = [*TINY_TRAIN, "trainer.max_epochs=1", "exp=two"]

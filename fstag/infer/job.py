@@ -1,0 +1,177 @@
+"""predict.py's job: trained runs -> probabilities (TTA crops or every window) for the test split or any
+folder of audio. Unreadable clips and silent clips (fstag.data.features.is_silent) get uniform probabilities
+and are flagged."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from fstag.models.augment import pad_value_of
+from fstag.core.config import to_plain
+from fstag.data.layout import DatasetLayout
+from fstag.infer.predictor import MODES, predict_probs
+from fstag.core.io import save_npz_atomic, write_text_atomic
+from fstag.evaluate.metrics import geometric_mean
+from fstag.runs.run_dir import CONFIG_YAML, RunDir, RunDirError
+
+if TYPE_CHECKING:  # Lightning is imported when a model is loaded, not for predict.py's config errors
+    from fstag.models.module import TaggingModule
+
+log = logging.getLogger(__name__)
+
+
+def load_module(run: RunDir) -> TaggingModule:
+    """The run's best model: a plain ``weights_only`` checkpoint load that needs no network, no initial
+    weights file and no compiler (TaggingModule.from_checkpoint)."""
+    ckpt_path = run.best_checkpoint if run.best_checkpoint.is_file() else run.last_checkpoint
+    if not ckpt_path.is_file():
+        raise RunDirError(f"{run.path}: no checkpoint ({run.best_checkpoint} or {run.last_checkpoint})")
+    from fstag.models.module import TaggingModule
+
+    return TaggingModule.from_checkpoint(ckpt_path)
+
+
+def run_config(run: RunDir) -> DictConfig:
+    path = run.path / CONFIG_YAML
+    if not path.is_file():
+        raise RunDirError(f"{path}: the run's resolved config is missing")
+    return OmegaConf.load(path)
+
+
+def list_audio(folder: Path, extensions: list[str]) -> list[Path]:
+    exts = {"." + e.lower().lstrip(".") for e in extensions}
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise FileNotFoundError(f"input={folder}: no audio files with extensions {sorted(exts)}")
+    return files
+
+
+SILENT_REASON = "silent (no sound above the -100 dB log-mel floor)"
+
+
+def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, num_workers, long_seconds=None) -> tuple[list, list[str | None]]:
+    """Cached test features when the cache exists, else computed from the audio files."""
+    from fstag.data.feature_store import FeatureStore, feature_dir
+    from fstag.data.feature_config import FeatureConfig
+
+    fcfg = FeatureConfig.from_cfg(feature_cfg)
+    try:
+        store = FeatureStore.open(feature_dir(run_cfg.data.features_dir, fcfg), "test")
+    except (FileNotFoundError, OSError, ValueError):
+        audio_dir = DatasetLayout(Path(str(run_cfg.data.root))).audio_dir("test")
+        return _clips_for_files([audio_dir / f for f in fnames], feature_cfg, num_workers, long_seconds)
+    clips = [store[store.index_of(f)] if f in store else None for f in fnames]
+    return clips, [None if c is not None else "no features (unreadable audio; see the preprocess report)" for c in clips]
+
+
+def _clips_for_files(paths: list[Path], feature_cfg: dict, num_workers, long_seconds=None) -> tuple[list, list[str | None]]:
+    """Features of audio files; a file longer than ``long_seconds`` is streamed in chunks when used."""
+    from fstag.data.feature_config import FeatureConfig
+    from fstag.data.extract import features_for_files
+
+    return features_for_files(paths, FeatureConfig.from_cfg(feature_cfg), num_workers=num_workers,
+                              long_seconds=long_seconds)
+
+
+def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None],
+               silent=None) -> pd.DataFrame:
+    """Three labels per clip; ``flagged`` marks a clip that could not be read or is silent (``silent``)."""
+    silent = np.zeros(len(fnames), dtype=bool) if silent is None else np.asarray(silent, dtype=bool)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    rows: dict[str, Any] = {"fname": fnames}
+    for k in range(3):
+        rows[f"label{k + 1}"] = [labels[j] for j in order[:, k]]
+        rows[f"prob{k + 1}"] = np.round(probs[np.arange(len(fnames)), order[:, k]], 6)
+    rows["flagged"] = [e is not None or bool(s) for e, s in zip(errors, silent)]
+    rows["silent"] = silent
+    rows["error"] = [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]
+    return pd.DataFrame(rows)
+
+
+def run_predict(cfg: DictConfig) -> Path:
+    """The predict job's steps: resolve the runs, read the clips' features, predict with every run,
+    combine (geometric mean) and flag, write ``probs.npz`` and ``top3.csv`` into ``output_dir``."""
+    runs = resolve_runs(cfg)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else str(cfg.device)))
+    mode = str(cfg.mode)
+    if mode not in MODES:
+        raise ValueError(f"mode={mode}: expected one of {'|'.join(MODES)}")
+    t0 = time.perf_counter()
+    fnames, clips, errors = read_clips(cfg, runs[0])
+    t_feat = time.perf_counter() - t0
+    per_run, silent = [], np.zeros(len(fnames), dtype=bool)
+    for run in runs:
+        probs_k, silent = predict_run(cfg, run, clips, fnames, mode, device, len(runs[0].labels))
+        per_run.append(probs_k)
+    errors = [e if e is not None else getattr(c, "error", None) for c, e in zip(clips, errors)]  # long clips
+    probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
+    unusable = np.array([e is not None for e in errors]) | silent
+    probs[unusable] = 1.0 / probs.shape[1]  # exactly uniform, also after combining runs
+    elapsed = time.perf_counter() - t0
+    for f, e, s in zip(fnames, errors, silent):
+        if e is not None or s:
+            log.warning("%s: %s (uniform probabilities, flagged)", f, e or SILENT_REASON)
+    out = write_predictions(Path(str(cfg.output_dir)), fnames, probs, runs[0].labels, errors, silent, unusable)
+    how = f"{int(cfg.tta)} crops" if mode == "crops" else "windows"
+    log.info("%d clips x %d run(s) x %s on %s in %.1f s (features %.1f s): %.1f clips/s -> %s",
+             len(fnames), len(runs), how, device, elapsed, t_feat, len(fnames) / max(elapsed, 1e-9), out)
+    print(f"predictions: {out / 'top3.csv'} ({len(fnames)} clips, {int(unusable.sum())} flagged, "
+          f"{int(silent.sum())} of them silent)")
+    return out
+
+
+def resolve_runs(cfg: DictConfig) -> list[RunDir]:
+    """``runs=[...]`` resolved and checked together: complete, with checkpoints, one label set and feature config."""
+    from fstag.runs.members import resolve_members
+
+    specs = [str(s) for s in (cfg.runs or [])]
+    if not specs:
+        raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids or arch/aug/fold_k names")
+    runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
+    return [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root),
+                                           checkpoints=True)]
+
+
+def read_clips(cfg: DictConfig, first: RunDir) -> tuple[list[str], list, list[str | None]]:
+    """``(fnames, features, errors)`` of the test split (``input=test``: the first run's data set, cached
+    features when they exist) or of every audio file below the ``input`` folder."""
+    long_seconds = cfg.get("long_file_seconds")
+    if str(cfg.input) == "test":
+        first_cfg = run_config(first)
+        fnames = DatasetLayout(Path(str(first_cfg.data.root))).split_fnames("test")
+        clips, errors = _clips_for_test(first_cfg, fnames, first.info["features"], cfg.num_workers, long_seconds)
+    else:
+        folder = Path(str(cfg.input)).expanduser().resolve()
+        paths = list_audio(folder, list(cfg.extensions))
+        fnames = [str(p.relative_to(folder)) for p in paths]
+        clips, errors = _clips_for_files(paths, first.info["features"], cfg.num_workers, long_seconds)
+    return fnames, clips, errors
+
+
+def predict_run(cfg: DictConfig, run: RunDir, clips: list, fnames: list[str], mode: str, device,
+                num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """One run's ``(probs, silent mask)``, with the run's own crop length, aug and padding."""
+    rc = run_config(run)
+    module = load_module(run).to(device)
+    return predict_probs(
+        module.model, clips, fnames, crop_frames=int(rc.loader.crop_frames), aug=to_plain(rc.aug), mode=mode,
+        pad_value=pad_value_of(rc.loader), n_passes=int(cfg.tta), hop_frames=cfg.get("hop_frames"),
+        seed=int(cfg.seed), batch_size=int(cfg.batch_size), device=device, num_classes=num_classes)
+
+
+def write_predictions(out: Path, fnames: list[str], probs: np.ndarray, labels: list[str], errors, silent,
+                      unusable) -> Path:
+    """``probs.npz`` (with ``flagged`` and ``silent``) and ``top3.csv``, each written atomically."""
+    save_npz_atomic(out / "probs.npz", fnames=np.array(fnames), probs=probs, labels=np.array(labels),
+                    flagged=unusable, silent=silent)
+    write_text_atomic(out / "top3.csv", top3_table(fnames, probs, labels, errors, silent).to_csv(index=False))
+    return out

@@ -1,0 +1,6 @@
+"""One training job: the fold's rows and stores (:mod:`.fold_data`), the LightningDataModule
+(:mod:`.datamodule`), the Trainer, callbacks and loggers built from config (:mod:`.lightning_parts`),
+DDP glue (:mod:`.distributed`), stage=retrain_val's parent run (:mod:`.retrain`) and the train job (:mod:`.job`: prepare, build, fit, predict, finish).
+
+May import every package but :mod:`fstag.ensemble` (a train job predicts with :mod:`fstag.infer`).
+"""

@@ -1,0 +1,81 @@
+"""stage=retrain_val: the train run a retrain_val job starts from (found, checked against the job's split,
+config, labels and features) and the record of which weights it started from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from fstag.core.io import write_json_atomic
+from fstag.data.folds import describe_split, same_split, split_of
+from fstag.data.layout import DatasetLayout
+from fstag.models.module import TaggingModule, plain_state_dict
+from fstag.runs.identity import differing_keys, format_diff, job_variant, task_overrides
+from fstag.runs.run_dir import BEST_CKPT, CHECKPOINT_DIR, RUN_JSON, RunDir, RunDirError
+from fstag.train.fold_data import TrainingSetupError
+
+INIT_FROM_JSON = "init_from.json"  # a retrain_val job's record of the parent checkpoint it started from
+
+
+def state_digest(state_dict: dict) -> str:
+    """sha256 over a state dict's tensors in key order (which weights a retrain_val job started from)."""
+    h = hashlib.sha256()
+    for k in sorted(state_dict):
+        h.update(k.encode())
+        h.update(state_dict[k].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def previous_init_from(job_dir: Path) -> dict | None:
+    """A resumed retrain_val job started from its parent earlier: keep what the first start recorded."""
+    p = job_dir / INIT_FROM_JSON
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> RunDir:
+    """The complete train run of this retrain_val job's arch/aug/variant/fold, on the same split, config
+    (less stage and retrain keys), labels and features; a :class:`TrainingSetupError` says what differs."""
+    parent_dir = Path(str(cfg.stage.parent))
+    try:
+        parent = RunDir.open(parent_dir)
+    except RunDirError as exc:
+        _, items = job_variant(task_overrides(), "train", str(cfg.data.root))
+        extra = "".join(f" {i}" for i in items if "@" not in i)
+        raise TrainingSetupError(
+            f"stage=retrain_val needs the train run of arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold} "
+            f"(variant {parent_dir.parent.name}): looked for {parent_dir / RUN_JSON} and "
+            f"{parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
+            f"Train it first: python train.py arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}{extra}"
+        ) from exc
+    split = split_of(DatasetLayout(Path(str(cfg.data.root))).train_csv, Path(str(cfg.data.features_dir)),
+                     int(cfg.folds.n_splits), int(cfg.folds.seed))
+    if not same_split(parent.info.get("fold_split"), split):
+        raise TrainingSetupError(
+            f"retrain_val job {cfg.job_dir} uses {describe_split(split)} but its parent run {parent_dir} was trained "
+            f"on {describe_split(parent.info.get('fold_split'))}: its validation fold is other rows; retrain_val "
+            "with the parent's folds.* settings and train.csv, or train a parent on this split")
+    saved = (parent.info.get("identity") or {})
+    diff = differing_keys(saved, ident, ignore=("stage", "retrain")) if saved else []
+    if diff:
+        raise TrainingSetupError(
+            f"parent run {parent_dir} was trained with another config: {format_diff(diff)}; retrain it, "
+            "or retrain_val with the settings it was trained with")
+    if not parent.complete or not parent.best_checkpoint.is_file():
+        raise TrainingSetupError(f"parent run {parent_dir} is not complete (no {parent.best_checkpoint}); finish it first")
+    if parent.labels != labels or parent.feature_key != fkey:
+        raise TrainingSetupError(f"parent run {parent_dir} was trained with another label set or feature config")
+    return parent
+
+
+def start_from_parent(module: TaggingModule, parent: RunDir, job_dir: Path, write: bool) -> dict:
+    """Load the parent's best weights into ``module``; record which (``init_from.json`` when ``write``)."""
+    state = plain_state_dict(torch.load(parent.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(state)
+    init_from = {"checkpoint": str(parent.best_checkpoint), "state_sha256": state_digest(state)}
+    if write:
+        write_json_atomic(job_dir / INIT_FROM_JSON, init_from)
+    return init_from
