@@ -1,7 +1,7 @@
 """Accuracy of training recipes on the demo data: the test split and the shifted test split.
 
     python bench/accuracy.py [--root DIR] [--recipes seed,plain,scratch,...] [--epochs 30] [--fold 0]
-                             [--arch resnet18] [--threads N] [--set KEY=VALUE ...] [--list]
+                             [--arch resnet18] [--threads N] [--set KEY=VALUE ...] [--list] [--tiny]
 
 Each recipe is a list of train.py overrides on top of ``arch=resnet50 arch.name=<arch> fold=<fold>``
 (the hidden benchmark's command). For each one the script trains one job through the real entry point
@@ -15,15 +15,22 @@ Each recipe is a list of train.py overrides on top of ``arch=resnet50 arch.name=
 Tune on (a) and (b) together, never on (b) alone. Results are printed as a markdown table with the
 machine, and saved to ``<root>/accuracy.json``. The demo data and features are made in ``<root>`` (a
 separate FSTAG_ROOT, default ``bench_runs/accuracy``) on first use.
+
+``--tiny``: a smoke test of the same steps on CPU: a tiny demo set (63 train clips, 12 test clips and 21
+shifted clips of at most 4 s), 1 epoch, 1 TTA pass in the job's own test predictions, the ``scratch``
+recipe only (``--recipes`` picks others) after checking that every recipe's overrides compose against
+conf/; in a temporary root unless ``--root`` is given. Its figures mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,9 +41,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import machine  # noqa: E402
+from bench.train_throughput import TINY_NOTE, compose_train, machine  # noqa: E402
 from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
 from fstag.evaluate.metrics import map_at_3  # noqa: E402
+
+# --tiny: the demo set's size (for every step), the training steps' own TTA passes, the recipes trained
+TINY_DATA = ["data.demo.n_train=63", "data.demo.n_test=12", "data.demo.n_shifted=21", "data.demo.max_duration=4.0",
+             "data.demo.seed=7"]
+TINY_TRAIN = ["predict.tta=1"]
+TINY_RECIPES = "scratch"
+DEFAULT_RECIPES = "seed,plain,scratch"
 
 SEED_LIKE = ["loader.batch_size=32", "callbacks.gradient_accumulation=null"]
 # name -> (overrides, what it is). "scratch-*" rows remove or add one ingredient of experiment=scratch.
@@ -85,14 +99,29 @@ def _score(probs: np.ndarray, fnames: list[str], labels: list[str], truth: pd.Da
     return map_at_3(probs[rows], np.array([lab[l] for l in truth["label"]]))
 
 
+def train_overrides(name: str, overrides: list[str], args) -> list[str]:
+    """train.py's overrides for one recipe."""
+    return ["arch=resnet50", f"arch.name={args.arch}", f"fold={args.fold}", f"exp=bench-{name}",
+            f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common,
+            *args.train_extra, *overrides]
+
+
+def check_recipes(args) -> None:
+    """Every recipe's train.py overrides compose against conf/ (a renamed key or group option fails here)."""
+    for name, (overrides, _) in RECIPES.items():
+        try:
+            compose_train(train_overrides(name, overrides, args))
+        except Exception as e:  # Hydra's composition errors
+            raise SystemExit(f"recipe {name}: its overrides do not compose against conf/: {e}") from e
+    print(f"all {len(RECIPES)} recipes compose against conf/", flush=True)
+
+
 def evaluate(name: str, overrides: list[str], args, root: Path, env: dict) -> dict:
     data = root / "data" / "demo"
     exp = f"bench-{name}"
     log = root / f"{exp}.log"
     t0 = time.perf_counter()
-    _run([str(REPO / "train.py"), "arch=resnet50", f"arch.name={args.arch}", f"fold={args.fold}", f"exp={exp}",
-          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common, *overrides],
-         env, root, log)
+    _run([str(REPO / "train.py"), *train_overrides(name, overrides, args)], env, root, log)
     train_s = time.perf_counter() - t0
     job = _job_dir(root / "multirun" / exp)
     info = json.loads((job / "run.json").read_text())
@@ -115,8 +144,8 @@ def evaluate(name: str, overrides: list[str], args, root: Path, env: dict) -> di
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=str(REPO / "bench_runs" / "accuracy"))
-    ap.add_argument("--recipes", default="seed,plain,scratch")
+    ap.add_argument("--root", default=None, help="the FSTAG_ROOT (default bench_runs/accuracy; --tiny: a temporary folder)")
+    ap.add_argument("--recipes", default=None, help=f"comma-separated (default {DEFAULT_RECIPES}; --tiny: {TINY_RECIPES})")
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--fold", type=int, default=0)
@@ -124,16 +153,32 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every step, e.g. --set data.demo.n_train=120 (a smaller demo)")
     ap.add_argument("--list", action="store_true", help="list the recipes and exit")
+    ap.add_argument("--tiny", action="store_true",
+                    help="a smoke test: a tiny demo set, 1 epoch, the scratch recipe, in a temporary root")
     args = ap.parse_args(argv)
+    args.train_extra = []
     if args.list:
         for name, (ov, what) in RECIPES.items():
             print(f"{name:22s} {what}\n{'':22s} {' '.join(ov)}")
         return
+    if args.tiny:
+        print(TINY_NOTE, flush=True)
+        args.epochs, args.common, args.train_extra = 1, [*TINY_DATA, *args.common], TINY_TRAIN
+    args.recipes = args.recipes or (TINY_RECIPES if args.tiny else DEFAULT_RECIPES)
     names = [n.strip() for n in args.recipes.split(",") if n.strip()]
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise SystemExit(f"unknown recipe(s) {unknown}; --list shows them")
-    root = Path(args.root).resolve()
+    with contextlib.ExitStack() as stack:
+        if args.root is None:
+            args.root = (stack.enter_context(tempfile.TemporaryDirectory(prefix="fstag-accuracy-tiny-")) if args.tiny
+                         else str(REPO / "bench_runs" / "accuracy"))
+        if args.tiny:
+            check_recipes(args)
+        run(args, names, Path(args.root).resolve())
+
+
+def run(args, names: list[str], root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FSTAG_"))}
     env.update(FSTAG_ROOT=str(root), PYTHONUNBUFFERED="1")
@@ -150,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         results_path.write_text(json.dumps(results, indent=1))
         r = results[name]
         print(f"{name}: test MAP@3 {r['test_map3']:.4f}, shifted MAP@3 {r['shifted_map3']:.4f} ({r['train_s']:.0f} s)", flush=True)
-    print(f"\n{machine(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}; arch {args.arch}, fold {args.fold}, {args.epochs} epochs\n")
+    print(f"\n{'TINY RUN: ' if args.tiny else ''}{machine(torch.device('cuda' if torch.cuda.is_available() else 'cpu'))}; "
+          f"arch {args.arch}, fold {args.fold}, {args.epochs} epochs\n")
     print("| recipe | what | test MAP@3 | shifted MAP@3 | val_acc1 | train s |")
     print("|---|---|---|---|---|---|")
     for name in names:

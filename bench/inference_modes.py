@@ -1,7 +1,7 @@
 """Inference modes on the demo test split: MAP@3 and clips/s of TTA crops against every window.
 
     python bench/inference_modes.py [--root DIR] [--run-dir DIR] [--epochs 20] [--fold 0] [--aug specmask_concat]
-                                    [--repeats 3] [--set KEY=VALUE ...]
+                                    [--repeats 3] [--set KEY=VALUE ...] [--tiny]
 
 Without ``--run-dir`` the script makes the demo data and features in ``<root>`` (a separate FSTAG_ROOT,
 default ``bench_runs/inference_modes``) and trains one ``experiment=demo`` job (cnn_small) through the real
@@ -12,15 +12,21 @@ is scored by MAP@3 on the scored rows of test_post_competition.csv and on the jo
 timed passes (cached features, model forward and combination; feature extraction left out). Last, predict.py
 runs once per mode (``mode=crops|windows``, tta 5, hop 75) on the test split, to check that the entry point
 gives the same probabilities, and on the shifted test split's audio files (a second, harder set of clips).
+
+``--tiny``: a smoke test of the same steps on CPU: a tiny demo set (63 train clips, 12 test clips of at
+most 4 s, no shifted split), 1 epoch, 1 TTA pass in the job's own test predictions, 1 timed repeat; in a
+temporary root unless ``--root`` is given. Its figures mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import machine  # noqa: E402
+from bench.train_throughput import TINY_NOTE, machine  # noqa: E402
 from fstag.models.augment import pad_value_of  # noqa: E402
 from fstag.core.config import to_plain  # noqa: E402
 from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
@@ -42,6 +48,10 @@ from fstag.evaluate.metrics import map_at_3  # noqa: E402
 from fstag.infer.job import load_module, run_config  # noqa: E402
 from fstag.runs.run_dir import RunDir  # noqa: E402
 
+# --tiny: the demo set's size (preprocess.py and train.py), train.py's own settings
+TINY_DATA = ["data.demo.n_train=63", "data.demo.n_test=12", "data.demo.n_shifted=0", "data.demo.max_duration=4.0",
+             "data.demo.seed=7"]
+TINY_TRAIN = ["predict.tta=1"]
 # test clips by length in frames: shorter than one crop, up to 5 crops (what 5 crops can see), longer
 LENGTH_BINS = [(0, 150), (150, 750), (750, 10**9)]
 # (name, mode, tta, hop_frames)
@@ -65,7 +75,7 @@ def _train(args, root: Path, env: dict) -> Path:
     _run([str(REPO / "preprocess.py"), "data=demo", *args.common], env, root, root / "preprocess.log")
     exp = "bench-inference"
     _run([str(REPO / "train.py"), "experiment=demo", f"fold={args.fold}", f"aug={args.aug}", f"exp={exp}",
-          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common],
+          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common, *args.train_extra],
          env, root, root / f"{exp}.log")
     runs = sorted(p.parent for p in (root / "multirun" / exp).rglob("run.json"))
     if len(runs) != 1:
@@ -82,7 +92,7 @@ def _truth(data_root: Path, labels: list[str]) -> tuple[list[str], np.ndarray]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=str(REPO / "bench_runs" / "inference_modes"))
+    ap.add_argument("--root", default=None, help="the FSTAG_ROOT (default bench_runs/inference_modes; --tiny: a temporary folder)")
     ap.add_argument("--run-dir", default=None, help="a finished train.py job on demo data (default: train one)")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--fold", type=int, default=0)
@@ -90,8 +100,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--set", dest="common", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for preprocess.py and train.py, e.g. --set data.demo.n_train=120")
+    ap.add_argument("--tiny", action="store_true", help="a smoke test: a tiny demo set, 1 epoch, 1 repeat, in a temporary root")
     args = ap.parse_args(argv)
-    root = Path(args.root).resolve()
+    args.train_extra = []
+    if args.tiny:
+        print(TINY_NOTE, flush=True)
+        args.epochs, args.repeats, args.common, args.train_extra = 1, 1, [*TINY_DATA, *args.common], TINY_TRAIN
+    with contextlib.ExitStack() as stack:
+        if args.root is None:
+            args.root = (stack.enter_context(tempfile.TemporaryDirectory(prefix="fstag-inference-tiny-")) if args.tiny
+                         else str(REPO / "bench_runs" / "inference_modes"))
+        run(args, Path(args.root).resolve())
+
+
+def run(args, root: Path) -> None:
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "FSTAG_"))}
     env.update(FSTAG_ROOT=str(root), PYTHONUNBUFFERED="1")
@@ -162,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             "machine": machine(torch.device("cpu")), "torch_threads": torch.get_num_threads(), "results": results,
             "shifted": shifted}
     (root / "inference_modes.json").write_text(json.dumps(info, indent=1))
-    print(f"\n{info['machine']}; {info['torch_threads']} torch threads; job {job} "
+    print(f"\n{'TINY RUN: ' if args.tiny else ''}{info['machine']}; {info['torch_threads']} torch threads; job {job} "
           f"({info['epochs']} epochs, val_acc1 {info['best_val_acc1']:.4f}); {len(fnames)} scored test clips, "
           f"median {info['median_frames']:.0f} frames, longest {info['max_frames']}\n")
     print(f"| setting | test MAP@3 | val-fold MAP@3 ({len(val_fnames)} clips) | test clips/s |")

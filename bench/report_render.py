@@ -1,11 +1,12 @@
 """Cost of the per-class report (fstag.evaluate.reports) that every train job and blend writes.
 
-    python bench/report_render.py [--classes 41] [--rows 1900] [--repeats 5]
+    python bench/report_render.py [--classes 41] [--rows 1900] [--repeats 5] [--tiny]
 
 Times, on random predictions, (a) the per-class table, (b) the confusion-matrix PNG (build + save),
 (c) the per-class bar chart PNG and (d) the whole report (both CSVs and both PNGs); the first call of
 each, which imports matplotlib and scikit-learn, is left out. Prints the median wall and CPU time of the
-repeats and the load average (the machine may be shared).
+repeats and the load average (the machine may be shared). ``--tiny``: 5 classes, 60 rows, 1 repeat (a
+smoke test of the same calls, seconds).
 """
 
 from __future__ import annotations
@@ -46,12 +47,16 @@ def _median_s(fn, repeats: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=41)
     ap.add_argument("--rows", type=int, default=1900)
     ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--tiny", action="store_true", help="a smoke test: 5 classes, 60 rows, 1 repeat")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.classes, args.rows, args.repeats = 5, 60, 1
+        print("TINY RUN (--tiny: a smoke test on tiny inputs; do not quote these numbers)")
     rng = np.random.default_rng(0)
     targets = rng.integers(0, args.classes, args.rows)
     logits = rng.normal(size=(args.rows, args.classes))

@@ -121,3 +121,12 @@ def test_keys_inside_the_path_groups_are_variant_items(monkeypatch, tmp_path):
     job = _job_paths(["experiment=scratch", "aug=robust", "arch=resnet50", "arch.name=resnet18", "arch.input_norm=bn",
                       "aug.recording.mel_shift=2"], monkeypatch, tmp_path)[0]
     assert job == f"{base}/resnet18/robust/arch.input_norm=bn,aug.recording.mel_shift=2/fold_0"
+
+
+def test_a_launcher_choice_is_not_a_variant_item():
+    """`hydra/launcher=joblib` says how a sweep runs, not what a job computes: the demo job computes its
+    members' names from its command line, launcher included (fstag.demo_job)."""
+    from fstag.runs.identity import job_variant
+
+    assert job_variant(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "optimizer.lr=0.05"], "train", None) == (
+        "optimizer.lr=0.05", ["optimizer.lr=0.05"])

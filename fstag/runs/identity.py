@@ -83,6 +83,8 @@ def variant_items(overrides: list[str], stage: str = "train") -> list[str]:
         key = ov.key_or_group
         if key in PATH_KEYS or _matches(key, CONTEXT_KEYS[:2] + BOOKKEEPING + DATA_LOCATION + STAGE_ONLY.get(stage, ())):
             continue
+        if key.startswith("hydra/"):  # a Hydra group choice (hydra/launcher=joblib): how the sweep runs
+            continue
         if key == "data":  # the data set picks exp (exp: ${data.name}); its content is in the identity
             continue
         value = "null" if ov.value() is None else ov.get_value_element_as_str()
