@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import TINY_NOTE, compose_train, machine  # noqa: E402
+from bench import TINY_NOTE, compose_train, machine  # noqa: E402
 from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402
 from fstag.evaluate.metrics import map_at_3  # noqa: E402
 

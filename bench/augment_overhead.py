@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import TINY_NOTE, compose_train, machine  # noqa: E402
+from bench import TINY_NOTE, compose_train, machine  # noqa: E402
 from fstag.core.config import to_plain  # noqa: E402
 from fstag.models.module import TaggingModule  # noqa: E402
 from fstag.models.schedules import build_optimizer  # noqa: E402

@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.train_throughput import TINY_NOTE, machine  # noqa: E402
+from bench import TINY_NOTE, machine  # noqa: E402
 from fstag.models.augment import pad_value_of  # noqa: E402
 from fstag.core.config import to_plain  # noqa: E402
 from fstag.data.demo import SHIFTED_DIR, SHIFTED_LABELS_CSV, TEST_LABELS_CSV  # noqa: E402

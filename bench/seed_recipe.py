@@ -15,10 +15,12 @@ The jobs live in the experiment folder ``seed_recipe`` (``exp=seed_recipe``) und
 overrides name a variant (``fstag.runs.identity``), so each retrain_val step repeats its train step's
 overrides (that is how it finds its parent) and the blend names its members with their variants.
 
-``--tiny``: the same steps on CPU on a tiny demo set (63 train clips, 12 test clips of at most 4 s),
-1 epoch + 1 retrain epoch, 1 TTA pass, batch 16, each arch's config with fstag's small CNN as its network
-(``arch.name=cnn_small``: the jobs are cnn_small/none and cnn_small/specmask_concat), in a temporary root
-unless ``--root`` is given (a smoke test of a minute or two on CPU; its times mean nothing).
+``--tiny``: the same steps on CPU on a tiny demo set (63 train clips, 12 test clips of at most 4 s), for
+the second arch x aug only (the first one's train and retrain_val overrides are composed against conf/,
+not run): its train job (1 epoch) and retrain_val job (1 epoch), 1 TTA pass, batch 16, with fstag's
+small CNN as the network of the arch's config (``arch.name=cnn_small``: the jobs are
+cnn_small/specmask_concat/<variant>/fold_1[_r]), then blend=seed_solution of those two; in a temporary
+root unless ``--root`` is given (a smoke test of a minute or two on CPU; its times mean nothing).
 """
 
 from __future__ import annotations
@@ -65,6 +67,19 @@ def member_names(steps: list[tuple[str, list[str]]], data_root: str) -> list[str
     return names
 
 
+def train_steps(a: argparse.Namespace, data: list[str], arch: str, aug: str) -> list[list[str]]:
+    """train.py's overrides for the train step and the retrain_val step of one arch x aug."""
+    # every override that changes the result: the retrain_val step repeats them all, so its parent
+    # (the train job of the same variant, less retrain.*) is the train step's job
+    network = [f"arch.name={TINY_NETWORK}"] if a.tiny else []
+    common = [*data, f"exp={EXP}", f"arch={arch}", *network, f"aug={aug}", f"fold={FOLD}",
+              f"arch.pretrained={str(a.pretrained).lower()}", "trainer.enable_progress_bar=false",
+              "callbacks.early_stopping.patience=1000", f"trainer.max_epochs={a.epochs}",
+              f"trainer.min_epochs={a.epochs}", *(TINY_TRAIN if a.tiny else [])]
+    return [common, [*common, "stage=retrain_val", f"retrain.max_epochs={a.retrain_epochs}",
+                     f"retrain.min_epochs={a.retrain_epochs}", "retrain.patience=1000"]]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=None, help="FSTAG_ROOT of the run (default /tmp/fstag_seed_recipe; --tiny: a temporary folder)")
@@ -74,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--retrain-epochs", type=int, default=10)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--pretrained", action="store_true", help="arch.pretrained=true (needs cached weights)")
-    ap.add_argument("--tiny", action="store_true", help="a smoke test: a tiny demo set, 1 + 1 epochs, TTA 1, on CPU")
+    ap.add_argument("--tiny", action="store_true", help="a smoke test: a tiny demo set, one arch x aug, 1 + 1 epochs, TTA 1, on CPU")
     a = ap.parse_args(argv)
     if a.tiny:
         a.n_train, a.n_test, a.epochs, a.retrain_epochs, a.device = 63, 12, 1, 1, "cpu"
@@ -96,25 +111,20 @@ def run(a: argparse.Namespace, root: Path) -> None:
     ]
     steps: list[tuple[str, list[str]]] = [
         ("preprocess.py", [*data, f"preprocess.device={a.device}", *(["preprocess.progress=false"] if a.tiny else [])])]
-    for arch, aug in RECIPE:
-        # every override that changes the result: the retrain_val step repeats them all, so its parent
-        # (the train job of the same variant, less retrain.*) is the train step's job
-        network = [f"arch.name={TINY_NETWORK}"] if a.tiny else []
-        common = [*data, f"exp={EXP}", f"arch={arch}", *network, f"aug={aug}", f"fold={FOLD}",
-                  f"arch.pretrained={str(a.pretrained).lower()}", "trainer.enable_progress_bar=false",
-                  "callbacks.early_stopping.patience=1000", f"trainer.max_epochs={a.epochs}",
-                  f"trainer.min_epochs={a.epochs}", *(TINY_TRAIN if a.tiny else [])]
-        steps.append(("train.py", common))
-        steps.append(("train.py", [*common, "stage=retrain_val", f"retrain.max_epochs={a.retrain_epochs}",
-                                   f"retrain.min_epochs={a.retrain_epochs}", "retrain.patience=1000"]))
+    # --tiny trains the second pair only (the loop's body is the same for both); the first pair's
+    # commands are composed against conf/ instead
+    for arch, aug in RECIPE[1:] if a.tiny else RECIPE:
+        steps += [("train.py", args) for args in train_steps(a, data, arch, aug)]
 
-    import torch
-
-    from bench.train_throughput import TINY_NOTE, machine
+    from bench import TINY_NOTE, compose_train, machine
 
     if a.tiny:
         print(TINY_NOTE)
-    print(f"machine: {machine(torch.device(a.device if torch.cuda.is_available() else 'cpu'))}", flush=True)
+        for arch, aug in RECIPE[:1]:
+            for args in train_steps(a, data, arch, aug):
+                compose_train(args)
+            print(f"not trained (--tiny): {arch} aug={aug}; its train and retrain_val overrides compose against conf/")
+    print(f"machine: {machine(a.device)}", flush=True)
     times = []
     t_all = time.perf_counter()
     for script, args in [*steps, ("blend.py", None)]:

@@ -18,8 +18,6 @@ CNN, batch 8, 3 timed steps over 64 clips (seconds; a smoke test, not a measurem
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,13 +27,13 @@ import pytorch_lightning as pl
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fstag.core.config import CONFIG_DIR, to_plain  # noqa: E402
+from bench import TINY_NOTE, compose_train, machine  # noqa: E402
+from fstag.core.config import to_plain  # noqa: E402
 from fstag.models.module import TaggingModule  # noqa: E402
 from fstag.train.datamodule import FoldDataModule, Rows  # noqa: E402
 
 # the seed's recipe: the config groups train.py composes by default
 RECIPE = ["optimizer=sgd", "scheduler=seed"]
-TINY_NOTE = "TINY RUN (--tiny: a smoke test on tiny inputs; do not quote these numbers)"
 
 
 class MemoryStore:
@@ -53,27 +51,6 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self.clips)
-
-
-def machine(device: torch.device) -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    return f"{cpu} x{os.cpu_count()} cores; {gpu}; torch {torch.__version__}, lightning {pl.__version__}"
-
-
-def compose_train(overrides: list[str]) -> dict:
-    """conf/train.yaml composed with ``overrides`` (Hydra's compose API, as the tests do); the groups a
-    bench needs are read from it with ``to_plain`` (which resolves only that part)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def _module(arch: str, n_classes: int, device: torch.device) -> TaggingModule:

@@ -71,9 +71,9 @@ def test_preprocess(tmp_path):
     out = run_bench("preprocess", tmp_path, "--data-dir", str(tmp_path / "clips"))
     assert "24 clips of ~1 s" in out and "machine: " in out
     assert numbers(rf"max \|seed - preprocess.py\| over 5 clips \(float16 cache\): {NUMBER}$", out)[0] < 0.1
-    for run in (r"seed \(librosa per file, Pool, as written\)", "seed, BLAS pinned to 1 thread per worker", "preprocess.py"):
+    for run in (r"seed \(librosa per file, Pool, as written\)", "preprocess.py"):
         assert numbers(rf"^\s+{run}\s+{NUMBER} s\s+{NUMBER} clips/s$", out)[1] > 0
-    assert len(re.findall(rf"^\s+speed-up of preprocess.py over .*: {NUMBER}x$", out, re.MULTILINE)) == 2
+    assert numbers(rf"^\s+speed-up of preprocess.py over seed \(librosa per file, Pool, as written\): {NUMBER}x$", out)[0] > 0
 
 
 @pytest.mark.slow
@@ -104,16 +104,14 @@ def test_inference_modes(tmp_path):
 def test_seed_recipe(tmp_path):
     out = run_bench("seed_recipe", tmp_path, "--root", str(tmp_path / "root"))
     assert "machine: " in out and re.search(r"^step\s+seconds$", out, re.MULTILINE)
-    for step in ("preprocess.py", "train.py arch=resnext101_32x4d arch.name=cnn_small aug=none",
-                 "train.py arch=resnext101_32x4d arch.name=cnn_small aug=none stage=retrain_val",
-                 "train.py arch=resnet50 arch.name=cnn_small aug=specmask_concat",
+    assert "not trained (--tiny): resnext101_32x4d aug=none; its train and retrain_val overrides compose" in out
+    for step in ("preprocess.py", "train.py arch=resnet50 arch.name=cnn_small aug=specmask_concat",
                  "train.py arch=resnet50 arch.name=cnn_small aug=specmask_concat stage=retrain_val",
                  "blend.py blend=seed_solution"):
         numbers(rf"^{re.escape(step)}\s+{NUMBER}$", out)
     numbers(rf"^total \(data generation included\)\s+{NUMBER}\s+\({NUMBER} min\)$", out)
-    # the blend found all four jobs (each retrain_val job its parent), and scored the test split
-    for member in ("cnn_small/none/", "cnn_small/specmask_concat/"):
-        assert re.search(rf"^{member}\S+/fold_1\s+\d+\s", out, re.MULTILINE), member
-        assert re.search(rf"^{member}\S+/fold_1_r\s+\d+\s", out, re.MULTILINE), member
+    # the retrain_val job found its parent, the blend found both jobs by name and scored the test split
+    for member in ("fold_1", "fold_1_r"):
+        assert re.search(rf"^cnn_small/specmask_concat/\S+/{member}\s+\d+\s", out, re.MULTILINE), member
     assert 0 <= numbers(rf"^test MAP@3 {NUMBER} ", out)[0] <= 1
     assert (tmp_path / "root" / "submissions" / "seed_solution.csv").is_file()
