@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> None:
     augs = [x.strip() for x in a.augs.split(",") if x.strip()]
     common = ["data=demo", *a.common]
     jobs = [f"experiment={a.experiment}", f"fold={','.join(folds)}", f"aug={','.join(augs)}", *common, *a.train]
+    launcher = _launcher(a.jobs)  # a bad --jobs is refused before anything runs
     t0 = time.perf_counter()
     _run("preprocess.py", common)
-    _run("train.py", ["-m", *_launcher(a.jobs), *jobs])
-    _run("train.py", ["-m", *_launcher(a.jobs), *jobs, "stage=retrain_val"])
+    _run("train.py", ["-m", *launcher, *jobs])
+    _run("train.py", ["-m", *launcher, *jobs, "stage=retrain_val"])
     _run("predict.py", [*common, f"runs=[{','.join(_members(jobs, augs, folds[:1], ('',)))}]"])
     blend_out = _run("blend.py", [*common, "blend=demo", f"blend.members=[{','.join(_members(jobs, augs, folds))}]"])
     _summary(time.perf_counter() - t0, blend_out)
