@@ -102,7 +102,21 @@ def _summary(seconds: float, blend_out: list[str]) -> None:
     for line in blend_out:
         if line.startswith(("submission:", "test MAP@3")):
             print(line)
-    print(f"Browse the runs:  mlflow ui --backend-store-uri {uri} --port 5000")
+    from fstag.runs.tracking import ui_command, ui_url
+
+    print("Compare the runs in the MLflow UI:")
+    serve = ui_command(uri)
+    if serve:
+        print(f"  {serve}")
+    try:
+        from mlflow.tracking import MlflowClient
+
+        exp = MlflowClient(uri).get_experiment_by_name("fstag-demo")
+    except Exception:  # noqa: BLE001  (the summary must not fail the demo)
+        exp = None
+    if exp is not None:
+        print(f"  then open {ui_url(uri, exp.experiment_id)}")
+    print("List the jobs and their scores:  python -m fstag.runs --sort val_map3")
 
 
 if __name__ == "__main__":

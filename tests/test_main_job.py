@@ -43,4 +43,8 @@ def test_demo_job_end_to_end(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("fstag-demo")
     names = {r.info.run_name for r in client.search_runs([exp.experiment_id])}
+    # the UI's address opens the training runs, not MLflow 3's GenAI overview
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+            "&orderByKey=metrics.%60best_val_map3%60&orderByAsc=false") in out
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {f"cnn_small/none/{variant['']}/fold_0", f"cnn_small/none/{variant['_r']}/fold_1_r", "blend/demo"} <= names

@@ -4,7 +4,6 @@ whose checkpoint carries its input standardisation, label-noise pruning, predict
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

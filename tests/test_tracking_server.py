@@ -5,6 +5,7 @@ alone, after the run directories are deleted."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 import time
 
 import numpy as np
@@ -49,8 +50,14 @@ def test_submitit_local_sweep_gives_two_child_runs_under_one_parent(demo_project
     uri, artifact_root = server
     runs = _runs(uri)
     jobs = [runs[f"cnn_small/none/default/fold_{k}"] for k in (0, 1)]
-    parent = runs[f"sweep/{EXP}"]
+    (parent,) = [r for n, r in runs.items() if n.startswith(f"sweep/{EXP}/")]
     assert parent.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in jobs)
+    # the sweep's summary, from the records submitit's job processes wrote: one row per job
+    client = MlflowClient(uri)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep_summary")} == {
+        "sweep_summary/summary.csv", "sweep_summary/summary.html", "sweep_summary/summary.png"}
+    csv_text = Path(client.download_artifacts(parent.info.run_id, "sweep_summary/summary.csv", str(cluster_sweep))).read_text()
+    assert sorted(line.split(",")[0] for line in csv_text.splitlines()[1:]) == [f"cnn_small/none/default/fold_{k}" for k in (0, 1)]
     assert all({"val_acc1", "val_map3", "best_val_map3", "oof_map3"} <= set(r.data.metrics) for r in jobs)
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs} == {parent.info.run_id}
     assert "best_val_map3" in parent.data.metrics
@@ -100,3 +107,52 @@ def test_blend_and_predict_rebuilt_from_the_server_alone(demo_project, server, c
     assert (cache / ids[0] / "checkpoints" / "best.ckpt").is_file()  # predict.py's member: with its checkpoint
     assert (cache / ids[0] / "run.json").stat().st_mtime_ns == stamp  # the rest reused, not fetched again
     assert sorted(p.name for p in cache.iterdir()) == sorted(ids)  # no temporary folders left
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium: `apt-get install chromium` (.ci/run installs it as root)")
+def test_the_printed_ui_address_opens_the_sweeps_training_runs_in_a_browser(server, cluster_sweep, tmp_path):
+    """Headless Chromium on the address fstag prints, against the real server: MLflow 3's model-training view
+    (not the GenAI overview) listing the sweep's jobs and their parent by name."""
+    import subprocess
+
+    from fstag.runs.tracking import ui_url
+
+    uri, _ = server
+    exp = MlflowClient(uri).get_experiment_by_name(EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    url = ui_url(uri, exp.experiment_id)
+    assert url.startswith(f"{uri}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=30000", "--dump-dom", url]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=180).stdout
+    parent = next(n for n in _runs(uri) if n.startswith(f"sweep/{EXP}/"))
+    for name in (parent, "cnn_small/none/default/fold_0", "cnn_small/none/default/fold_1"):
+        assert name in dom, f"{name} not on the page {url}"
+    assert "Model training" in dom and "No data available" not in dom
+
+
+def test_the_listing_and_a_sweep_selector_work_from_the_server_alone(demo_project, server, cluster_sweep, tmp_path):
+    uri, _ = server
+    env = {"MLFLOW_TRACKING_URI": uri}
+    common = [f"exp={EXP}", f"paths.runs_dir={cluster_sweep}", f"mlflow.experiment={EXPERIMENT}"]
+    shutil.rmtree(cluster_sweep / EXP / "cnn_small", ignore_errors=True)  # no job folder here: the server alone
+    runs = _runs(uri)
+    listed = demo_project.run("-m fstag.runs", *common, "--sort", "val_map3", env=env).stdout
+    assert f"2 job(s) from experiment '{EXPERIMENT}' in {uri}" in listed
+    for k in (0, 1):
+        run = runs[f"cnn_small/none/default/fold_{k}"]
+        row = next(line.split() for line in listed.splitlines() if line.startswith(f"cnn_small/none/fold_{k} "))
+        assert row[-1] == run.info.run_id and row[7] == f"{run.data.metrics['oof_map3']:.4f}"
+    sweep = next(r for n, r in runs.items() if n.startswith(f"sweep/{EXP}/")).data.tags["fstag.sweep_name"]
+    members = demo_project.run("-m fstag.runs", *common, f"sweep:{sweep}", "--as", "members", env=env).stdout
+    assert sorted(yaml_list(members)) == sorted(f"runs:/{runs[f'cnn_small/none/default/fold_{k}'].info.run_id}" for k in (0, 1))
+
+
+def yaml_list(text: str) -> list:
+    from omegaconf import OmegaConf
+
+    return list(OmegaConf.to_container(OmegaConf.create(text)))

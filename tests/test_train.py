@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import signal
 import subprocess
@@ -213,7 +214,7 @@ def test_a_grid_over_the_learning_rate_gives_two_jobs_and_two_mlflow_runs(lr_gri
     assert differing == {"optimizer.lr", "variant", "job_dir"}
     (parent_id,) = {r.data.tags["mlflow.parentRunId"] for r in children}
     parent = MlflowClient(lr_grid.tracking_uri).get_run(parent_id)
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep/lrtest"
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep/lrtest/")
     best = max(children, key=lambda r: r.data.metrics["best_val_map3"])
     assert parent.data.metrics["best_val_map3"] == best.data.metrics["best_val_map3"]
     assert parent.data.tags["fstag.best_run"] == best.info.run_name
@@ -270,7 +271,7 @@ def test_a_failing_job_fails_its_sweep_and_concurrent_sweeps_keep_their_parents(
     client = MlflowClient(demo_project.tracking_uri)
     runs = {n: r for n, r in _runs_by_name(demo_project.tracking_uri).items() if r.data.tags.get("fstag.exp") == "two"}
     parents = {r.info.run_id: r for r in client.search_runs(
-        [client.get_experiment_by_name("fstag-demo").experiment_id], "attributes.run_name = 'sweep/two'")}
+        [client.get_experiment_by_name("fstag-demo").experiment_id], "attributes.run_name LIKE 'sweep/two/%'")}
     assert len(parents) == 2
     ok, bad = (runs[f"cnn_small/none/trainer.max_epochs=1/fold_{k}"] for k in (2, 3))
     assert ok.data.tags["mlflow.parentRunId"] != bad.data.tags["mlflow.parentRunId"]
@@ -327,3 +328,10 @@ def test_an_optuna_search_resumes_after_a_kill_and_reports_its_best_trial(demo_p
     for key, value in study.best_params.items():
         assert float(parent.data.params[f"best.{key}"]) == pytest.approx(float(value))
         assert float(best.data.params[key]) == pytest.approx(float(value))
+    # the search's summary on its parent: one row per finished trial (both launches), its keys as columns
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep_summary")} == {
+        "sweep_summary/summary.csv", "sweep_summary/summary.html", "sweep_summary/summary.png"}
+    summary = demo_project.root / "multirun" / "search" / ".sweeps" / parent.info.run_id / "summary.csv"
+    header, *rows = list(csv.reader(summary.read_text().splitlines()))
+    assert {"optimizer.lr", "optimizer.weight_decay", "mixup.prob", "val_map3"} <= set(header)
+    assert sorted(r[header.index("mlflow_run_id")] for r in rows) == sorted(r.info.run_id for r in children)

@@ -196,6 +196,9 @@ def save_config(cfg: DictConfig, members: list[Member], weights: list[float], ou
 
     plain = to_plain(cfg)
     plain["blend"]["members"] = [m.saved_spec for m in members]  # runs:/<id> for MLflow members, else the path
+    selectors = list(dict.fromkeys(m.selector for m in members if m.selector))
+    if selectors:  # what picked them, for the record: a rebuild uses the explicit list above
+        plain["blend"]["selected_by"] = selectors
     plain["blend"]["weights"] = weights
     if HydraConfig.initialized():
         plain["hydra"] = {"run": {"dir": OmegaConf.to_container(HydraConfig.get().run, resolve=False)["dir"]}}
@@ -297,7 +300,7 @@ def run_blend(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
 def load_members(cfg: DictConfig, spec: BlendSpec) -> BlendInputs:
     """Resolve and check every member, then read their test predictions and OOF rows."""
     members = resolve_members(spec.members, Path(cfg.paths.runs_dir) / str(cfg.exp), str(cfg.mlflow.tracking_uri),
-                              str(cfg.data.root))
+                              str(cfg.data.root), experiment=str(cfg.mlflow.experiment))
     labels = members[0].run.labels
     layout = DatasetLayout(Path(cfg.data.root))
     test_fnames = read_sample_submission(layout.sample_submission_csv)["fname"].tolist()

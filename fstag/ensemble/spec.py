@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fstag.ensemble.blending import METHODS, MIN_VERIFIED_ROWS, BlendError, normalise
+from fstag.runs.selectors import is_selector
 
 CALIBRATIONS = ("none", "prior", "temperature")
 
@@ -31,7 +32,10 @@ class BlendSpec:
 def parse_blend(blend: Mapping[str, Any]) -> BlendSpec:
     """Check the plain ``blend`` mapping; per-member ``{run, weight}`` entries become a weights list."""
     members, member_weights = [], []
-    for i, entry in enumerate(blend.get("members") or []):
+    entries = blend.get("members") or []
+    if isinstance(entries, str):  # one selector or name: blend.members=sweep:lr
+        entries = [entries]
+    for i, entry in enumerate(entries):
         if isinstance(entry, Mapping):
             if "run" not in entry:
                 raise BlendError(f"blend.members[{i}]: a mapping needs a 'run' key, got {dict(entry)}")
@@ -48,6 +52,10 @@ def parse_blend(blend: Mapping[str, Any]) -> BlendSpec:
     if isinstance(weights, str) and weights != "oof":
         raise BlendError(f"blend.weights must be null, a list of numbers or 'oof', got {weights!r}")
     if isinstance(weights, list):
+        picked = [m for m in members if is_selector(m)]
+        if picked:
+            raise BlendError(f"blend.weights is a list, but member(s) {picked} are selectors whose job count is known "
+                             "only when they are resolved; use blend.weights=oof or null, or name the members")
         if len(weights) != len(members):
             raise BlendError(f"blend.weights has {len(weights)} numbers for {len(members)} members")
         normalise(weights)  # raises on negative, non-finite or all-zero weights

@@ -100,6 +100,7 @@ def run_predict(cfg: DictConfig) -> Path:
     """The predict job's steps: resolve the runs, read the clips' features, predict with every run,
     combine (geometric mean) and flag, write ``probs.npz`` and ``top3.csv`` into ``output_dir``."""
     runs = resolve_runs(cfg)
+    print(f"runs ({len(runs)}):", *(str(r.path) for r in runs), sep="\n  ")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else str(cfg.device)))
     mode = str(cfg.mode)
@@ -133,12 +134,14 @@ def resolve_runs(cfg: DictConfig) -> list[RunDir]:
     """``runs=[...]`` resolved and checked together: complete, with checkpoints, one label set and feature config."""
     from fstag.runs.members import resolve_members
 
-    specs = [str(s) for s in (cfg.runs or [])]
+    runs = cfg.runs or []
+    specs = [str(runs)] if isinstance(runs, str) else [str(s) for s in runs]
     if not specs:
-        raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids or arch/aug/fold_k names")
+        raise ValueError("predict.py needs runs=[...]: run directories, MLflow run ids, arch/aug/fold_k names or "
+                         "selectors (sweep:<name>, a pattern such as cnn_small/*/fold_*)")
     runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
     return [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root),
-                                           checkpoints=True)]
+                                           checkpoints=True, experiment=str(cfg.mlflow.experiment))]
 
 
 def read_clips(cfg: DictConfig, first: RunDir) -> tuple[list[str], list, list[str | None]]:

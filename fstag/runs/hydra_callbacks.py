@@ -11,8 +11,15 @@ run that groups its jobs in the MLflow UI:
   (:func:`fstag.runs.launchers.lease_gpu`);
 - against a tracking server (``http(s)://``), the experiment it creates keeps the server's artifact
   store (``mlflow server --serve-artifacts``), so the artifacts are where anyone with the server finds them;
+- each launch has a name: ``sweep_name=<name>`` or its start time (``20261130-101500``); its parent run is
+  ``sweep/<exp>/<name>`` (``search/<exp>/<study>`` for Optuna), which the member selector ``sweep:<name>``
+  finds (:mod:`fstag.runs.selectors`);
+- each job, ending, writes its record (job directory, status, overrides) to
+  ``<runs_dir>/<exp>/.sweeps/<parent run id>/jobs/``: what the launch ran, a job it found complete included;
 - a failed job marks its own run and the parent FAILED; at the end the parent is FINISHED unless a job
-  failed, and carries the best child's optimised metric (``best_<metric>``), its run name and overrides;
+  failed, and carries the best child's optimised metric (``best_<metric>``), its run name and overrides,
+  the run ids of the launch's jobs (tag ``fstag.sweep.run_ids``) and the sweep's summary table and plot
+  (:mod:`fstag.runs.sweep_summary`, artifacts ``sweep_summary/``);
 - with the Optuna sweeper and a storage, a study interrupted earlier resumes: ``n_trials`` counts the
   trials already finished, and a trial that was killed is run again with the same parameters (its job
   directory is the same, so it resumes from its last checkpoint).
@@ -20,6 +27,7 @@ run that groups its jobs in the MLflow UI:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -33,10 +41,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from fstag.core.io import write_json_atomic
+from fstag.runs.catalog import SWEEP_JOBS, SWEEPS_DIR
 from fstag.runs.tracking import PARENT_RUN_ENV, ensure_experiment, log_params_flat
 
 log = logging.getLogger(__name__)
-SWEEPS_DIR = ".sweeps"  # below the sweep dir: one record per launch (and one per resumable Optuna study)
+SUMMARY_ARTIFACTS = "sweep_summary"  # the parent run's artifact folder of the sweep's summary
 
 
 def _is_optuna(config: DictConfig) -> bool:
@@ -112,6 +121,7 @@ class MlflowSweepCallback(Callback):
         study = _resume_study(config) if optuna else None
         study_file = sweep_dir / SWEEPS_DIR / f"optuna-{study}.json" if study else None
         run_id = None
+        sweep_name = str(OmegaConf.select(config, "sweep_name", default=None) or study or time.strftime("%Y%m%d-%H%M%S"))
         if study_file is not None and study_file.is_file():
             run_id = json.loads(study_file.read_text()).get("mlflow_parent_run_id")
             try:
@@ -119,17 +129,20 @@ class MlflowSweepCallback(Callback):
             except Exception:
                 run_id = None
         if run_id is None:
-            name = f"search/{config.exp}/{study or 'optuna'}" if optuna else f"sweep/{config.exp}"
+            name = f"search/{config.exp}/{sweep_name}" if optuna else f"sweep/{config.exp}/{sweep_name}"
             tags = {"fstag.sweep_dir": str(sweep_dir), "fstag.overrides": overrides, "fstag.exp": str(config.exp),
-                    "fstag.sweeper": "optuna" if optuna else "grid", "fstag.optimized_metric": str(config.optimized_metric)}
+                    "fstag.sweeper": "optuna" if optuna else "grid", "fstag.optimized_metric": str(config.optimized_metric),
+                    "fstag.sweep_name": sweep_name}
             if study:
                 tags["fstag.optuna_study"] = study
             run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
             if study_file is not None:
                 write_json_atomic(study_file, {"mlflow_parent_run_id": run_id, "study": study})
+        run_name = client.get_run(run_id).info.run_name
+        sweep_name = client.get_run(run_id).data.tags.get("fstag.sweep_name", sweep_name)  # a resumed study keeps its own
         write_json_atomic(sweep_dir / SWEEPS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{run_id[:8]}.json",
-                          {"mlflow_parent_run_id": run_id, "overrides": list(config.hydra.overrides.task),
-                           "pid": os.getpid(), "study": study})
+                          {"mlflow_parent_run_id": run_id, "name": sweep_name, "run_name": run_name,
+                           "overrides": list(config.hydra.overrides.task), "pid": os.getpid(), "study": study})
         self._run_id, self._uri = run_id, uri
         self._gpus = _joblib_gpus(config)
         os.environ[PARENT_RUN_ENV] = run_id
@@ -158,10 +171,64 @@ class MlflowSweepCallback(Callback):
             have = client.get_run(self._run_id).data.params
             log_params_flat(client, self._run_id, {k: v for k, v in best_params.items() if have.get(k, v) == v and k not in have})
             log.info("best of the sweep: %s %s = %.4f", best.info.run_name, metric, best.data.metrics[metric])
+        try:
+            self._summarise(config, client)
+        except Exception as exc:  # noqa: BLE001  (a summary must not turn a finished sweep into a failed one)
+            log.warning("could not write the sweep's summary: %s: %s", type(exc).__name__, exc)
         failed = client.get_run(self._run_id).info.status == "FAILED" or any(r.info.status == "FAILED" for r in children)
         client.set_terminated(self._run_id, "FAILED" if failed else "FINISHED")
 
+    def _summarise(self, config: DictConfig, client) -> None:
+        """The launch's summary table and plot, beside its job records and on its parent run."""
+        from fstag.runs.sweep_summary import swept_keys, write_summary
+
+        folder = Path(str(config.hydra.sweep.dir)) / SWEEPS_DIR / self._run_id
+        records = []
+        for f in sorted((folder / SWEEP_JOBS).glob("*.json")):
+            try:
+                records.append(json.loads(f.read_text()))
+            except json.JSONDecodeError:
+                continue
+        if not records:
+            return
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) if _is_optuna(config) else None
+        keys = swept_keys(list(config.hydra.overrides.task), OmegaConf.to_container(params) if params else None)
+        metric = str(config.get("optimized_metric", "val_map3"))
+        title = f"{client.get_run(self._run_id).info.run_name}: {' '.join(config.hydra.overrides.task)}"
+        paths = write_summary(records, keys, metric, _maximize(config), folder, title)
+        for p in paths:
+            client.log_artifact(self._run_id, str(p), SUMMARY_ARTIFACTS)
+        ids = [str(r.get("mlflow_run_id")) for r in records if r.get("mlflow_run_id")]
+        client.set_tag(self._run_id, "fstag.sweep.run_ids", ",".join(ids)[:5000])
+        from fstag.runs.tracking import ui_command, ui_url
+
+        exp_id = client.get_run(self._run_id).info.experiment_id
+        serve = ui_command(self._uri)
+        log.info("sweep summary (%d jobs): %s; in the MLflow UI%s: %s", len(records), paths[1],
+                 f" ({serve})" if serve else "", ui_url(self._uri, exp_id, self._run_id))
+
     # each job, in its own process --------------------------------------------------------------------
+    def _record_job(self, config: DictConfig, job_return: Any) -> None:
+        """The job's record in its launch's folder: one file per job, so parallel jobs never share one."""
+        if not self._run_id:
+            return
+        try:
+            job_dir = Path(str(config.job_dir))
+            sweep_dir = Path(str(config.hydra.sweep.dir))
+        except Exception:  # noqa: BLE001  (a config that does not resolve: the job failed before it had a dir)
+            return
+        from fstag.runs.run_dir import MLFLOW_RUN_ID_FILE
+
+        num = int(OmegaConf.select(config, "hydra.job.num", default=0) or 0)
+        id_file = job_dir / MLFLOW_RUN_ID_FILE
+        status = getattr(getattr(job_return, "status", None), "name", "UNKNOWN")
+        digest = hashlib.sha256(str(job_dir).encode()).hexdigest()[:10]
+        write_json_atomic(sweep_dir / SWEEPS_DIR / self._run_id / SWEEP_JOBS / f"{num:05d}-{digest}.json", {
+            "job_dir": str(job_dir), "num": num, "status": status, "ended": time.time(),
+            "overrides": [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []],
+            "mlflow_run_id": id_file.read_text().strip() if id_file.is_file() else None,
+        })
+
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if self._run_id:
             os.environ[PARENT_RUN_ENV] = self._run_id
@@ -171,6 +238,7 @@ class MlflowSweepCallback(Callback):
             lease_gpu(self._gpus, self._run_id or str(os.getppid()))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        self._record_job(config, job_return)
         if job_return is None or job_return.status != JobStatus.FAILED:
             return
         from mlflow.tracking import MlflowClient

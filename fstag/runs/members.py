@@ -6,6 +6,9 @@ A member spec is one of
   (a job trained with other overrides, e.g. ``cnn_small/none/optimizer.lr=0.05/fold_0``; quote it on the
   command line: ``'runs=["cnn_small/none/optimizer.lr=0.05/fold_0"]'``), looked up below ``<runs_dir>/<exp>``;
 - a path to a run directory (absolute, or relative to the working directory);
+- a selector (:mod:`fstag.runs.selectors`): a job-name pattern (``cnn_small/*/optimizer.lr=3e-3*/fold_*``),
+  a sweep (``sweep:<name or parent run id>``), ``all``, each optionally ranked (``|best_per_fold:val_map3``);
+  it stands for the complete jobs it picks, found locally or, with no local copy, in the tracking store;
 - an MLflow run id (32 hex characters, or ``runs:/<id>``) of a run made by train.py: its tag
   ``fstag.runs.run_dir`` names the run directory. Where that directory is not on this machine, the run's
   artifacts (run.json, config.yaml, oof.npz, test.npz and, for predict.py, checkpoints/best.ckpt) are
@@ -50,6 +53,7 @@ class Member:
     spec: str
     run: RunDir
     key: str
+    selector: str | None = None  # the selector that picked it (None: named as such)
 
     @property
     def path(self) -> Path:
@@ -170,7 +174,20 @@ def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_roo
     for path in candidates:
         if (path / "run.json").is_file():
             return RunDir.open(path)
-    raise MemberError(f"member {spec!r}: no run directory (with run.json) at " + " or ".join(map(str, candidates)))
+    raise MemberError(f"member {spec!r}: no run directory (with run.json) at " + " or ".join(map(str, candidates))
+                      + _siblings(spec, Path(runs_root)))
+
+
+def _siblings(spec: str, runs_root: Path) -> str:
+    """For a member named ``<arch>/<aug>/[<variant>/]fold_<k>[_r]``: the variants of that job that exist."""
+    from fstag.runs.catalog import describe_siblings
+
+    parts = spec.strip("/").split("/")
+    if len(parts) not in (3, 4) or not re.fullmatch(r"fold_\d+(_r)?", parts[-1]) or Path(spec).is_absolute():
+        return ""
+    wanted = [] if len(parts) == 3 or parts[2] == DEFAULT_VARIANT else parts[2].split(",")
+    return describe_siblings(runs_root, parts[0], parts[1], parts[-1], wanted,
+                             lambda items, variant: f"'{'/'.join(parts[:2])}/{variant}/{parts[-1]}'")
 
 
 def _key(run: RunDir, runs_root: Path) -> str:
@@ -225,23 +242,32 @@ def _problems(members: list[Member]) -> list[str]:
 
 
 def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
-                    checkpoints: bool = False) -> list[Member]:
-    """Resolve every spec, then check they are complete and share labels and feature_key.
+                    checkpoints: bool = False, experiment: str | None = None) -> list[Member]:
+    """Resolve every spec (selectors expanded first), then check they are complete and share labels and
+    feature_key.
 
     ``checkpoints``: members fetched from the tracking server come with their best checkpoint (predict.py).
+    ``experiment``: the MLflow experiment a selector looks in when ``runs_root`` holds no job.
     Raises one :class:`MemberError` listing every problem found.
     """
+    from fstag.runs.catalog import load_catalog
+    from fstag.runs.selectors import SelectorError, expand
+
     if not specs:
         raise MemberError("blend.members is empty: name at least one training run")
     runs_root = Path(runs_root)
+    try:
+        expanded = expand([str(s) for s in specs], lambda: load_catalog(runs_root, tracking_uri, experiment))
+    except SelectorError as exc:
+        raise MemberError(str(exc)) from None
     members, problems = [], []
-    for spec in specs:
+    for spec, selector in expanded:
         try:
             run = resolve_member(spec, runs_root, tracking_uri, data_root, checkpoint=checkpoints)
         except (MemberError, RunDirError) as exc:
             problems.append(str(exc))
             continue
-        members.append(Member(spec=str(spec), run=run, key=_key(run, runs_root)))
+        members.append(Member(spec=spec, run=run, key=_key(run, runs_root), selector=selector))
     seen: dict[Path, str] = {}
     for m in members:
         where = m.path.resolve()
@@ -251,5 +277,8 @@ def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, 
     if members:
         problems.extend(_problems(members))
     if problems:
+        for selector in dict.fromkeys(m.selector for m in members if m.selector):
+            picked = [m.key for m in members if m.selector == selector]
+            problems.append(f"selector {selector!r} matched {len(picked)} job(s): {', '.join(picked)}")
         raise MemberError("invalid blend members:\n  - " + "\n  - ".join(problems))
     return members

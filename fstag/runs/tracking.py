@@ -15,6 +15,33 @@ log = logging.getLogger(__name__)
 # fstag.runs.hydra_callbacks.MlflowSweepCallback.on_job_start (each launch has its own parent).
 PARENT_RUN_ENV = "FSTAG_MLFLOW_PARENT_RUN_ID"
 MAX_PARAM_LEN = 6000
+# MLflow 3 opens an experiment on its GenAI pages unless the experiment says it is model development.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_PORT = 5000
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None, port: int = UI_PORT,
+           order_by: str = "best_val_map3") -> str:
+    """The MLflow UI page of an experiment's training runs, or of one run: on the tracking server itself, or
+    on ``mlflow ui`` at 127.0.0.1:``port`` for a local store. MLflow 3 needs ``workflowType=machine_learning``
+    (else it opens its GenAI overview); sorting by a metric (``order_by``, best first) also lists a sweep's
+    jobs one per row, where the default order folds them under their parent run."""
+    from urllib.parse import quote
+
+    base = str(tracking_uri).rstrip("/") if str(tracking_uri).startswith(("http://", "https://")) \
+        else f"http://127.0.0.1:{port}"
+    if run_id:
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    order = f"&orderByKey={quote(f'metrics.`{order_by}`', safe='.')}&orderByAsc=false" if order_by else ""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning{order}"
+
+
+def ui_command(tracking_uri: str, port: int = UI_PORT) -> str | None:
+    """The command that serves the UI of a local store (None for a tracking server: it serves its own)."""
+    if str(tracking_uri).startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri} --port {port}"
 
 
 def artifact_uri(location: str) -> str:
@@ -52,10 +79,13 @@ def ensure_experiment(tracking_uri: str, experiment: str, artifact_location: str
         client = MlflowClient(tracking_uri=tracking_uri)
         exp = client.get_experiment_by_name(experiment)
         if exp is not None:
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before fstag tagged its experiments
+                client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
             return client.create_experiment(
-                experiment, artifact_location=artifact_uri(artifact_location) if artifact_location else None
+                experiment, artifact_location=artifact_uri(artifact_location) if artifact_location else None,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except Exception:  # created meanwhile by another process
             exp = client.get_experiment_by_name(experiment)

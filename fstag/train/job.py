@@ -341,6 +341,7 @@ def finish(job_dir: Path, info: dict) -> dict:
             client.log_metric(run_id, f"best_{k}", v)
     client.log_metric(run_id, "oof_map3", float(info["oof_map3"]))
     client.log_metric(run_id, "oof_acc1", float(info["oof_acc1"]))
+    client.log_metric(run_id, "epochs_trained", int(info.get("epochs_trained", -1)))
     done = {**info, "complete": True}
     client.log_dict(run_id, done, RUN_JSON)  # the artifact is the run.json this job ends with
     for name in (CONFIG_YAML, OOF_NPZ, TEST_NPZ):

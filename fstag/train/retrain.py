@@ -14,6 +14,7 @@ from fstag.core.io import write_json_atomic
 from fstag.data.folds import describe_split, same_split, split_of
 from fstag.data.layout import DatasetLayout
 from fstag.models.module import TaggingModule, plain_state_dict
+from fstag.runs.catalog import describe_siblings
 from fstag.runs.identity import differing_keys, format_diff, job_variant, task_overrides
 from fstag.runs.run_dir import BEST_CKPT, CHECKPOINT_DIR, RUN_JSON, RunDir, RunDirError
 from fstag.train.fold_data import TrainingSetupError
@@ -45,11 +46,19 @@ def parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> Ru
     except RunDirError as exc:
         _, items = job_variant(task_overrides(), "train", str(cfg.data.root))
         extra = "".join(f" {i}" for i in items if "@" not in i)
+        group = f"arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}"
+
+        def command(found: list[str], variant: str) -> str:
+            spelled = "".join(f" '{i}'" if "," in i else f" {i}" for i in found if "@" not in i)
+            return f"python train.py stage=retrain_val {group}{spelled}"
+
+        siblings = describe_siblings(parent_dir.parents[3], str(cfg.arch.name), str(cfg.aug.name), parent_dir.name,
+                                     [i for i in items if "@" not in i], command)
         raise TrainingSetupError(
-            f"stage=retrain_val needs the train run of arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold} "
+            f"stage=retrain_val needs the train run of {group} "
             f"(variant {parent_dir.parent.name}): looked for {parent_dir / RUN_JSON} and "
             f"{parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
-            f"Train it first: python train.py arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}{extra}"
+            f"Train it: python train.py {group}{extra}." + siblings
         ) from exc
     split = split_of(DatasetLayout(Path(str(cfg.data.root))).train_csv, Path(str(cfg.data.features_dir)),
                      int(cfg.folds.n_splits), int(cfg.folds.seed))

@@ -1,0 +1,153 @@
+"""``python -m fstag.runs``: an experiment's training jobs, one row each, filtered by member selectors.
+
+    python -m fstag.runs                                   # every job of exp (default: the data set's name)
+    python -m fstag.runs 'sweep:lr' --sort val_map3        # one launch's jobs, best first
+    python -m fstag.runs 'cnn_small/*/*/fold_*' --as members   # the YAML list blend.members takes
+    python -m fstag.runs --sweeps                          # the experiment's sweeps (launches)
+    python -m fstag.runs --source mlflow mlflow.tracking_uri=http://127.0.0.1:5000
+
+The config is composed by Hydra from conf/runs.yaml like the entry points' (``exp=``, ``data=``,
+``mlflow.tracking_uri=`` and any of its keys); arguments with ``=`` are overrides, others selectors
+(``--select`` takes a selector that has ``=``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from fstag.runs.catalog import Catalog, JobRecord, load_catalog
+from fstag.runs.selectors import SelectorError, select
+
+FORMATS = ("table", "members", "csv", "json")
+COLUMNS = ("job", "variant", "fold", "stage", "complete", "val_acc1", "val_map3", "oof_map3", "epochs", "mlflow_run_id")
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """conf/runs.yaml with these overrides, as Hydra composes the entry points' configs."""
+    import fstag.runs.resolvers  # noqa: F401  (the ${fstag.*} resolvers of conf/)
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from fstag.core.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="runs", overrides=overrides)
+
+
+def catalog_of(cfg: DictConfig) -> Catalog:
+    return load_catalog(Path(str(cfg.paths.runs_dir)) / str(cfg.exp), str(cfg.mlflow.tracking_uri),
+                        str(cfg.mlflow.experiment), str(cfg.source))
+
+
+def rows(cfg: DictConfig, catalog: Catalog) -> list[JobRecord]:
+    """The jobs the config's selectors pick (all jobs, complete or not, without selectors), sorted."""
+    picked: list[JobRecord] = []
+    selectors = cfg.select
+    selectors = [selectors] if isinstance(selectors, str) else list(selectors or [])
+    if selectors:
+        seen = set()
+        for s in selectors:
+            for rec in select(str(s), catalog):
+                if rec.name not in seen:
+                    seen.add(rec.name)
+                    picked.append(rec)
+    else:
+        picked = list(catalog.jobs)
+    if cfg.sort:
+        metric = str(cfg.sort)
+
+        def key(r: JobRecord):
+            v = r.metric(metric)
+            return (not math.isfinite(v), -v if math.isfinite(v) else 0.0, r.name)
+
+        return sorted(picked, key=key)
+    return sorted(picked, key=lambda r: r.name)
+
+
+def _cells(r: JobRecord) -> dict[str, str]:
+    def f(v: float) -> str:
+        return f"{v:.4f}" if math.isfinite(v) else "-"
+
+    return {"job": r.key, "variant": r.variant, "fold": str(r.fold), "stage": r.stage,
+            "complete": "yes" if r.complete else f"no ({r.status})" if r.status else "no",
+            "val_acc1": f(r.metric("val_acc1")), "val_map3": f(r.metric("val_map3")), "oof_map3": f(r.metric("oof_map3")),
+            "epochs": "-" if r.epochs is None else str(r.epochs), "mlflow_run_id": r.run_id or "-"}
+
+
+def member_spec(r: JobRecord) -> str:
+    """How blend.members names a job: its short name when its directory is here, else ``runs:/<id>``."""
+    return r.key if r.path is not None else f"runs:/{r.run_id}"
+
+
+def render(recs: list[JobRecord], fmt: str, catalog: Catalog) -> str:
+    if fmt == "members":
+        return OmegaConf.to_yaml(OmegaConf.create([member_spec(r) for r in recs])) if recs else "[]\n"
+    cells = [_cells(r) for r in recs]
+    if fmt == "json":
+        return json.dumps([{**c, "name": r.name, "path": str(r.path) if r.path else None, "sweeps": r.sweeps}
+                           for c, r in zip(cells, recs)], indent=1) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(cells)
+        return buf.getvalue()
+    if not recs:
+        return f"no jobs in {catalog.where}\n"
+    widths = {c: max(len(c), *(len(x[c]) for x in cells)) for c in COLUMNS}
+    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
+    lines += ["  ".join(x[c].ljust(widths[c]) for c in COLUMNS) for x in cells]
+    lines.append(f"{len(recs)} job(s) from {catalog.where}")
+    return "\n".join(lines) + "\n"
+
+
+def render_sweeps(catalog: Catalog) -> str:
+    if not catalog.sweeps:
+        return f"no sweeps in {catalog.where}\n"
+    lines = ["sweep  parent_run_id  jobs  overrides"]
+    for s in catalog.sweeps:
+        jobs = len(s.get("jobs") or s.get("job_run_ids") or [])
+        lines.append(f"{s.get('name') or '?'}  {s['mlflow_parent_run_id']}  {jobs}  {' '.join(s.get('overrides') or [])}")
+    return "\n".join(lines) + f"\n(select one with sweep:<name>)\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m fstag.runs", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("args", nargs="*", help="selectors, and Hydra overrides (key=value)")
+    ap.add_argument("--select", action="append", default=[], metavar="SELECTOR", help="a selector (may contain '=')")
+    ap.add_argument("--sort", metavar="METRIC", help="val_map3 | val_acc1 | oof_map3 | epochs, best first")
+    ap.add_argument("--as", dest="fmt", choices=FORMATS, help="output format (default: table)")
+    ap.add_argument("--source", choices=("auto", "local", "mlflow"), help="where the jobs are read from")
+    ap.add_argument("--sweeps", action="store_true", help="list the experiment's sweeps instead")
+    a = ap.parse_args(argv)
+    overrides = [x for x in a.args if "=" in x]
+    selectors = [x for x in a.args if "=" not in x] + a.select
+    if selectors:
+        overrides.append("select=[" + ",".join(json.dumps(s) for s in selectors) + "]")
+    for key, value in (("sort", a.sort), ("as", a.fmt), ("source", a.source)):
+        if value:
+            overrides.append(f"{key}={value}")
+    cfg = compose(overrides)
+    if str(cfg["as"]) not in FORMATS:
+        print(f"as={cfg['as']}: expected one of {FORMATS}", file=sys.stderr)
+        return 2
+    catalog = catalog_of(cfg)
+    if a.sweeps:
+        sys.stdout.write(render_sweeps(catalog))
+        return 0
+    try:
+        recs = rows(cfg, catalog)
+    except SelectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(recs, str(cfg["as"]), catalog))
+    return 0
