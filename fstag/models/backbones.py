@@ -1,14 +1,15 @@
 """Model construction through timm's registry, plus fstag's own small CPU-friendly CNN.
 
 Every architecture is a timm model name: ``arch.name=resnet50``, ``resnext101_32x4d``, ``cnn_small``
-(registered here) or any other timm model. ``arch.pretrained=true`` loads timm's ImageNet weights from the
-local cache or, when online, downloads them; offline it fails at once with a clear message, never hangs.
+(registered here), the audio backbones ``cnn6``, ``cnn10``, ``cnn14``, ``mn10_audio`` (registered by
+:mod:`fstag.models.audio_backbones`) or any other timm model. ``arch.pretrained=true`` loads timm's ImageNet
+weights from the local cache or, when online, downloads them; offline it fails at once with a clear message,
+never hangs. ``arch.pretrained_path`` loads what fits of a local file instead (:mod:`fstag.models.pretrained`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from urllib.parse import urlparse
 from typing import Any, Iterator, Mapping
@@ -18,9 +19,8 @@ import torch
 from timm.models import register_model
 from torch import nn
 
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """``arch.pretrained=true`` but the weights are neither cached nor downloadable."""
+import fstag.models.audio_backbones  # noqa: F401  (registers cnn6, cnn10, cnn14, mn10_audio in timm's registry)
+from fstag.models.pretrained import PretrainedWeightsUnavailable, load_pretrained_file
 
 
 class SmallCNN(nn.Module):
@@ -167,13 +167,7 @@ def build_model(arch: Mapping[str, Any], num_classes: int, band_stats: Mapping[s
         )
     else:
         backbone = timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if arch.get("pretrained_path"):
-        path = str(arch["pretrained_path"])
-        if not os.path.isfile(path):
-            raise PretrainedWeightsUnavailable(f"arch.pretrained_path: file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier.", "head."))}
-        missing, _ = backbone.load_state_dict(state, strict=False)
-        if len(missing) > 4:
-            raise PretrainedWeightsUnavailable(f"arch.pretrained_path={path}: {len(missing)} keys missing for {name}")
-    return TaggingNet(backbone, in_chans=in_chans, input_norm=input_norm_of(arch), band_stats=band_stats)
+    report = load_pretrained_file(backbone, str(arch["pretrained_path"]), name) if arch.get("pretrained_path") else None
+    net = TaggingNet(backbone, in_chans=in_chans, input_norm=input_norm_of(arch), band_stats=band_stats)
+    net.pretrained_report = report  # what arch.pretrained_path loaded (fstag.models.pretrained.LoadReport), or None
+    return net
