@@ -329,7 +329,8 @@ def describe_siblings(exp_dir: str | Path, arch: str, aug: str, job: str, wanted
     ``wanted`` override items, and ``command(items)``: the command that would use it. Empty when none."""
     found = sibling_variants(exp_dir, arch, aug, job)
     if not found:
-        others = sorted({p.parent.name + "/" + p.name for p in (Path(exp_dir) / arch / aug).glob("*/fold_*")})
+        others = sorted({p.parent.name + "/" + p.name for p in (Path(exp_dir) / arch / aug).glob("*/fold_*")
+                         if (p / RUN_JSON).is_file() or (p / IDENTITY_JSON).is_file()})
         return (f" No variant of {arch}/{aug} has a {job} in {exp_dir}" + (f" (it has: {', '.join(others[:12])})" if others else "")
                 + ". List the experiment's jobs: python -m fstag.runs")
     lines = []

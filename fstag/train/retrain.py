@@ -58,7 +58,7 @@ def parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> Ru
             f"stage=retrain_val needs the train run of {group} "
             f"(variant {parent_dir.parent.name}): looked for {parent_dir / RUN_JSON} and "
             f"{parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
-            f"Train it: python train.py {group}{extra}." + siblings
+            f"Train it first: python train.py {group}{extra}." + siblings
         ) from exc
     split = split_of(DatasetLayout(Path(str(cfg.data.root))).train_csv, Path(str(cfg.data.features_dir)),
                      int(cfg.folds.n_splits), int(cfg.folds.seed))
