@@ -13,6 +13,7 @@ far as libsndfile reads it, as librosa would; a file cut inside its header is re
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -197,3 +198,10 @@ def stream_clip(path: str | os.PathLike, cfg: "FeatureConfig", block: int = STRE
         out = np.concatenate([out, np.zeros(n_out - done, dtype=np.float32)])
     if out.shape[0]:
         yield np.ascontiguousarray(out, dtype=np.float32)
+
+
+def list_audio_files(folder: str | os.PathLike, extensions) -> list[Path]:
+    """Every file below ``folder`` whose suffix is one of ``extensions`` (``wav``, ``.flac``, any case),
+    sorted by path (empty when there is none). Other files (a labels CSV, notes) are never opened."""
+    exts = {"." + str(e).lower().lstrip(".") for e in extensions}
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in exts)

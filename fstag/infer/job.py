@@ -46,11 +46,15 @@ def run_config(run: RunDir) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def list_audio(folder: Path, extensions: list[str]) -> list[Path]:
-    exts = {"." + e.lower().lstrip(".") for e in extensions}
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+def list_audio(folder: Path, extensions: list[str], key: str = "input") -> list[Path]:
+    """The audio files below ``folder`` (:func:`fstag.data.audio.list_audio_files`); none is an error
+    naming the config ``key`` that gave the folder."""
+    from fstag.data.audio import list_audio_files
+
+    files = list_audio_files(folder, extensions)
     if not files:
-        raise FileNotFoundError(f"input={folder}: no audio files with extensions {sorted(exts)}")
+        exts = sorted("." + str(e).lower().lstrip(".") for e in extensions)
+        raise FileNotFoundError(f"{key}={folder}: no audio files with extensions {exts}")
     return files
 
 
@@ -109,14 +113,7 @@ def run_predict(cfg: DictConfig) -> Path:
     t0 = time.perf_counter()
     fnames, clips, errors = read_clips(cfg, runs[0])
     t_feat = time.perf_counter() - t0
-    per_run, silent = [], np.zeros(len(fnames), dtype=bool)
-    for run in runs:
-        probs_k, silent = predict_run(cfg, run, clips, fnames, mode, device, len(runs[0].labels))
-        per_run.append(probs_k)
-    errors = [e if e is not None else getattr(c, "error", None) for c, e in zip(clips, errors)]  # long clips
-    probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
-    unusable = np.array([e is not None for e in errors]) | silent
-    probs[unusable] = 1.0 / probs.shape[1]  # exactly uniform, also after combining runs
+    probs, errors, silent, unusable = predict_with_runs(cfg, runs, clips, fnames, errors, mode, device)
     elapsed = time.perf_counter() - t0
     for f, e, s in zip(fnames, errors, silent):
         if e is not None or s:
@@ -144,6 +141,33 @@ def resolve_runs(cfg: DictConfig) -> list[RunDir]:
                                            checkpoints=True, experiment=str(cfg.mlflow.experiment))]
 
 
+def predict_with_runs(cfg: DictConfig, runs: list[RunDir], clips: list, fnames: list[str], errors: list[str | None],
+                      mode: str, device) -> tuple[np.ndarray, list[str | None], np.ndarray, np.ndarray]:
+    """Every run's probabilities of the clips (:func:`predict_run`), combined by geometric mean; unreadable
+    and silent clips get exactly uniform rows. ``cfg`` holds predict.py's ``tta``, ``hop_frames``, ``seed``
+    and ``batch_size``. Returns ``(probs, errors (a long clip's found while streaming included), silent,
+    unusable)``."""
+    per_run, silent = [], np.zeros(len(fnames), dtype=bool)
+    for run in runs:
+        probs_k, silent = predict_run(cfg, run, clips, fnames, mode, device, len(runs[0].labels))
+        per_run.append(probs_k)
+    errors = [e if e is not None else getattr(c, "error", None) for c, e in zip(clips, errors)]  # long clips
+    probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
+    unusable = np.array([e is not None for e in errors], dtype=bool) | silent
+    probs[unusable] = 1.0 / probs.shape[1]  # exactly uniform, also after combining runs
+    return probs, errors, silent, unusable
+
+
+def read_folder(folder: Path, extensions: list[str], feature_cfg: dict, num_workers=None, long_seconds=None,
+                key: str = "input") -> tuple[list[str], list, list[str | None]]:
+    """``(fnames, features, errors)`` of every audio file below ``folder`` (fnames relative to it), computed
+    in memory with ``feature_cfg``; ``key`` names the folder's config key in the error for an empty folder."""
+    paths = list_audio(folder, extensions, key)
+    fnames = [p.relative_to(folder).as_posix() for p in paths]
+    clips, errors = _clips_for_files(paths, feature_cfg, num_workers, long_seconds)
+    return fnames, clips, errors
+
+
 def read_clips(cfg: DictConfig, first: RunDir) -> tuple[list[str], list, list[str | None]]:
     """``(fnames, features, errors)`` of the test split (``input=test``: the first run's data set, cached
     features when they exist) or of every audio file below the ``input`` folder."""
@@ -154,9 +178,8 @@ def read_clips(cfg: DictConfig, first: RunDir) -> tuple[list[str], list, list[st
         clips, errors = _clips_for_test(first_cfg, fnames, first.info["features"], cfg.num_workers, long_seconds)
     else:
         folder = Path(str(cfg.input)).expanduser().resolve()
-        paths = list_audio(folder, list(cfg.extensions))
-        fnames = [str(p.relative_to(folder)) for p in paths]
-        clips, errors = _clips_for_files(paths, first.info["features"], cfg.num_workers, long_seconds)
+        fnames, clips, errors = read_folder(folder, list(cfg.extensions), first.info["features"], cfg.num_workers,
+                                            long_seconds)
     return fnames, clips, errors
 
 

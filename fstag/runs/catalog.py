@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from fstag.runs.identity import DEFAULT_VARIANT, IDENTITY_JSON, VARIANT_JSON
-from fstag.runs.run_dir import MLFLOW_RUN_DIR_TAG, RUN_JSON
+from fstag.runs.run_dir import MLFLOW_RUN_DIR_TAG, RUN_JSON, STAGE_SUFFIX, job_name
 
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = ".sweeps"  # below <runs_dir>/<exp>: one launch record per sweep, and its jobs' records
 SWEEP_JOBS = "jobs"      # <runs_dir>/<exp>/.sweeps/<parent run id>/jobs/<job>.json
 METRICS = ("val_acc1", "val_map3", "oof_map3")
-_JOB = re.compile(r"fold_(\d+)(_r)?")
+_JOB = re.compile(r"fold_(\d+)(_r|_st)?")  # train, retrain_val, self_train
 
 
 @dataclass
@@ -35,7 +35,7 @@ class JobRecord:
     arch: str
     aug: str
     variant: str
-    job: str                      # fold_<k> or fold_<k>_r
+    job: str                      # fold_<k>, fold_<k>_r (retrain_val) or fold_<k>_st (self_train)
     path: Path | None = None      # the local job directory (None: known from the tracking store only)
     run_id: str | None = None     # its MLflow run
     complete: bool = False
@@ -61,7 +61,8 @@ class JobRecord:
 
     @property
     def stage(self) -> str:
-        return "retrain_val" if self.job.endswith("_r") else "train"
+        suffix = _JOB.fullmatch(self.job).group(2) or ""
+        return next(stage for stage, s in STAGE_SUFFIX.items() if s == suffix)
 
     @property
     def family(self) -> tuple[str, str, str]:
@@ -230,8 +231,7 @@ def mlflow_jobs(tracking_uri: str, experiment: str) -> list[JobRecord]:
         tags, m = r.data.tags, r.data.metrics
         if MLFLOW_RUN_DIR_TAG not in tags or "fstag.arch" not in tags:
             continue
-        stage = tags.get("fstag.stage", "train")
-        job = f"fold_{tags.get('fstag.fold', '0')}" + ("_r" if stage == "retrain_val" else "")
+        job = job_name(int(tags.get("fstag.fold", 0)), tags.get("fstag.stage", "train"))
         epochs = m.get("epochs_trained")
         rec = JobRecord(
             arch=tags["fstag.arch"], aug=tags.get("fstag.aug", "none"), variant=tags.get("fstag.variant", DEFAULT_VARIANT),

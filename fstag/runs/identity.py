@@ -1,6 +1,7 @@
 """A training job's identity: its variant (the readable part of its directory) and its config digest.
 
-A job lives at ``<runs_dir>/<exp>/<arch>/<aug>/<variant>/fold_<k>[_r]``:
+A job lives at ``<runs_dir>/<exp>/<arch>/<aug>/<variant>/fold_<k><stage suffix>`` (``_r``: retrain_val,
+``_st``: self_train):
 
 - ``arch``, ``aug``, ``fold`` and ``stage`` are spelled by the path itself;
 - ``<variant>`` spells every other override that changes the result, sorted, as Hydra's
@@ -10,11 +11,13 @@ A job lives at ``<runs_dir>/<exp>/<arch>/<aug>/<variant>/fold_<k>[_r]``:
   and the data's location (:data:`DATA_LOCATION`). A job that points ``data.root`` elsewhere gets a
   ``data@<8 hex>`` item: the digest of that folder's train.csv, so the same data spelled another way is
   the same job, and other data is another job. A stage=train job also leaves out ``retrain.*`` (those keys
-  only shape its retrain_val child), which is how a retrain_val job finds its parent. A variant longer
+  only shape its retrain_val child), which is how a retrain_val job finds its parent; train and
+  retrain_val jobs leave out ``self_train.*``, a self_train job ``retrain.*`` (:data:`STAGE_ONLY`). A variant longer
   than :data:`MAX_VARIANT` characters, or with characters unfit for a folder name, becomes
   ``v-<10 hex>`` with the overrides saved beside it (``<variant>/variant.json``).
 - the job's *identity* is its whole resolved config less bookkeeping and data location, plus the
-  train.csv digest and the feature key. It is saved in the job directory (``identity.json``); reusing a
+  train.csv digest and the feature key (a self_train job's: also the digests of its unlabelled folder and
+  of its teachers, see :func:`identity`). It is saved in the job directory (``identity.json``); reusing a
   directory whose saved identity differs is an error naming the keys (:class:`JobConfigMismatch`).
 """
 
@@ -47,8 +50,10 @@ BOOKKEEPING = (
 )
 # Where the data is (its content counts through the train.csv digest and the feature key).
 DATA_LOCATION = ("data.root", "data.features_dir", "data.generate", "data.demo")
-# Keys that only matter to another stage.
-STAGE_ONLY = {"train": ("retrain",), "retrain_val": ()}
+# Keys that only matter to another stage: ``retrain.*`` shape a retrain_val job, ``self_train.*`` a
+# self_train job; the other stages leave them out of their variant and identity.
+SELF_TRAIN = "self_train"
+STAGE_ONLY = {"train": ("retrain", SELF_TRAIN), "retrain_val": (SELF_TRAIN,), SELF_TRAIN: ("retrain",)}
 _SAFE = re.compile(r"[A-Za-z0-9._=,+:@\[\]-]+")
 
 
@@ -165,8 +170,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def identity(cfg: DictConfig) -> dict[str, Any]:
-    """The flat ``{dotted key: value}`` that decides a job's results (see the module docstring)."""
+def identity(cfg: DictConfig, teachers: list[str | Path] | None = None) -> dict[str, Any]:
+    """The flat ``{dotted key: value}`` that decides a job's results (see the module docstring).
+
+    A stage=self_train job's identity also holds the content of its ``self_train.input`` folder
+    (``self_train.input_sha256``: :func:`folder_digest`) and of its ``teachers``, the resolved run
+    directories of ``self_train.teachers`` (``self_train.teachers_sha256``: :func:`teachers_digest`), so a
+    changed recording or a retrained teacher is another job."""
     from fstag.core.config import to_plain
     from fstag.data.feature_config import FeatureConfig, feature_key
 
@@ -176,7 +186,50 @@ def identity(cfg: DictConfig) -> dict[str, Any]:
     flat = {k: v for k, v in _flatten(plain).items() if not _matches(k, drop)}
     flat["data.train_csv_sha256"] = data_digest(cfg.data.root)
     flat["features.key"] = feature_key(FeatureConfig.from_cfg(to_plain(cfg.features)))
+    if stage == SELF_TRAIN:
+        if teachers is None:
+            raise ValueError("the identity of a stage=self_train job needs its teachers' run directories")
+        st = cfg.self_train
+        flat["self_train.input_sha256"] = folder_digest(Path(str(st.input)).expanduser(), list(st.extensions))
+        flat["self_train.teachers_sha256"] = teachers_digest(teachers)
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_digest(folder: str | Path, extensions: list[str]) -> str:
+    """sha256 over the audio files below ``folder`` (those :func:`fstag.data.audio.list_audio_files` picks
+    up): each one's path relative to the folder and its bytes. Other files are not read."""
+    from fstag.data.audio import list_audio_files
+
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for p in list_audio_files(folder, extensions):
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + _file_sha256(p).encode() + b"\n")
+    return h.hexdigest()
+
+
+def run_digest(run_dir: str | Path) -> str:
+    """What a trained run is, for a job that learns from its predictions: the digest of the identity its
+    run.json records and the sha256 of its test.npz (which changes with its weights)."""
+    from fstag.runs.run_dir import RUN_JSON, TEST_NPZ
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / RUN_JSON).read_text())
+    test = run_dir / TEST_NPZ
+    return f"{digest(info.get('identity') or {})}:{_file_sha256(test) if test.is_file() else '-'}"
+
+
+def teachers_digest(run_dirs: list[str | Path]) -> str:
+    """sha256 over the :func:`run_digest` of each run (in any order: their predictions are combined by a
+    geometric mean)."""
+    return hashlib.sha256("\n".join(sorted(run_digest(d) for d in run_dirs)).encode()).hexdigest()
 
 
 def digest(ident: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ _MLFLOW_RUN_ID = re.compile(r"(?:runs:/)?([0-9a-fA-F]{32})/?")
 MLFLOW_CACHE = ".mlflow_cache"  # below runs_root: run directories fetched from the tracking server
 FETCHED = (CONFIG_YAML, OOF_NPZ, TEST_NPZ, RUN_JSON)  # run.json last: its presence marks a complete copy
 CKPT_ARTIFACT = f"{CHECKPOINT_DIR}/{BEST_CKPT}"  # logged by train.py at the end of each job
-_SHORT_NAME = re.compile(r"[^/]+/[^/]+/fold_\d+(_r)?")  # <arch>/<aug>/fold_<k>[_r]: the default variant
+_SHORT_NAME = re.compile(r"[^/]+/[^/]+/fold_\d+(_r|_st)?")  # <arch>/<aug>/fold_<k>[_r|_st]: the default variant
 
 
 class MemberError(ValueError):
@@ -183,7 +183,7 @@ def _siblings(spec: str, runs_root: Path) -> str:
     from fstag.runs.catalog import describe_siblings
 
     parts = spec.strip("/").split("/")
-    if len(parts) not in (3, 4) or not re.fullmatch(r"fold_\d+(_r)?", parts[-1]) or Path(spec).is_absolute():
+    if len(parts) not in (3, 4) or not re.fullmatch(r"fold_\d+(_r|_st)?", parts[-1]) or Path(spec).is_absolute():
         return ""
     wanted = [] if len(parts) == 3 or parts[2] == DEFAULT_VARIANT else parts[2].split(",")
     return describe_siblings(runs_root, parts[0], parts[1], parts[-1], wanted,

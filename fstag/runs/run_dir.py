@@ -1,6 +1,6 @@
 """The on-disk contract of one training job's directory, shared by train.py, predict.py and blend.py.
 
-A job directory (``<runs_root>/<exp>/<arch>/<aug>/<variant>/fold_<k>[_r]``; the variant is ``default`` or
+A job directory (``<runs_root>/<exp>/<arch>/<aug>/<variant>/fold_<k>[_r|_st]``; the variant is ``default`` or
 the job's other overrides, see fstag.runs.identity) holds:
 
 - ``config.yaml``   the job's resolved config (Hydra's own copy is under ``.hydra/``)
@@ -14,6 +14,8 @@ the job's other overrides, see fstag.runs.identity) holds:
                     A retrain_val job trained on its fold, so it carries its parent's OOF (``oof_source``
                     in run.json says so).
 - ``test.npz``      test predictions: ``fnames``, ``probs`` (N, C) float32 (geometric mean of TTA passes)
+- ``pseudo_labels.csv`` a stage=self_train job's pseudo-labelled clips of its folder: ``file``, ``label``,
+                    ``confidence`` (run.json's ``self_train`` says how they were chosen)
 """
 
 from __future__ import annotations
@@ -43,9 +45,13 @@ class RunDirError(FileNotFoundError):
     """A run directory, or a file it should hold, is missing or malformed; the message names the path."""
 
 
+# The job folder's suffix of each stage (conf/stage/<stage>.yaml's ``suffix``).
+STAGE_SUFFIX = {"train": "", "retrain_val": "_r", "self_train": "_st"}
+
+
 def job_name(fold: int, stage: str) -> str:
-    """``fold_<k>`` for stage train, ``fold_<k>_r`` for retrain_val."""
-    return f"fold_{int(fold)}" + ("_r" if stage == "retrain_val" else "")
+    """``fold_<k>`` for stage train, ``fold_<k>_r`` for retrain_val, ``fold_<k>_st`` for self_train."""
+    return f"fold_{int(fold)}" + STAGE_SUFFIX.get(stage, "")
 
 
 def job_relpath(arch: str, aug: str, fold: int, stage: str, variant: str = "default") -> Path:

@@ -10,7 +10,7 @@ A selector is ``<base>`` or ``<base>|<ranking>``:
     - ``sweep:<sweep>``: every finished job of one launch of ``train.py -m``, named by its ``sweep_name``,
       its MLflow parent run's name (``sweep/<exp>/<sweep_name>``) or id (or the id's first 8+ characters);
       ``sweep:<sweep>:<pattern>`` keeps those whose name matches a pattern, e.g. ``sweep:lr:*_r`` for the
-      retrain_val jobs (a pattern with no ``/`` matches the job part ``fold_<k>[_r]``);
+      retrain_val jobs (a pattern with no ``/`` matches the job part ``fold_<k>[_r|_st]``);
     - ``all``: every finished job of the experiment.
 - ``<ranking>``, by a metric of the runs listing (``val_map3``, ``val_acc1``, ``oof_map3``; higher is better;
   a retrain_val job is ranked by its train parent's score, since its own validation fold was trained on):

@@ -1,6 +1,8 @@
 """One training job: the fold's rows and stores (:mod:`.fold_data`), the LightningDataModule
 (:mod:`.datamodule`), the Trainer, callbacks and loggers built from config (:mod:`.lightning_parts`),
-DDP glue (:mod:`.distributed`), stage=retrain_val's parent run (:mod:`.retrain`) and the train job (:mod:`.job`: prepare, build, fit, predict, finish).
+DDP glue (:mod:`.distributed`), stage=retrain_val's parent run (:mod:`.retrain`), stage=self_train's pseudo-labels
+on a folder of unlabelled recordings (:mod:`.self_training`) and the train job (:mod:`.job`: prepare, build, fit,
+predict, finish).
 
 May import every package but :mod:`fstag.ensemble` (a train job predicts with :mod:`fstag.infer`).
 """

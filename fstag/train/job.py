@@ -1,9 +1,10 @@
 """The train job (arch x fold x aug x stage), as its steps:
 
-1. :func:`prepare`: the job's directory, variant and identity; a complete job is skipped, a predicted one
-   finished, a changed config refused (``force=true`` starts over);
-2. :func:`build`: the fold's data, the retrain_val parent, the LightningModule, its data module, the
-   MLflow run and the Trainer;
+1. :func:`prepare`: the job's directory, variant and identity (stage=self_train: with its folder's and
+   teachers' digests); a complete job is skipped, a predicted one finished, a changed config refused
+   (``force=true`` starts over);
+2. :func:`build`: the fold's data, the retrain_val parent or the self_train pseudo-labels
+   (:mod:`fstag.train.self_training`), the LightningModule, its data module, the MLflow run and the Trainer;
 3. :func:`fit`: Lightning fits (resuming from ``last.ckpt``), best checkpoint by val_acc1;
 4. :func:`predict`: the best weights predict the validation fold (OOF) and the test split with TTA;
 5. :func:`record` then :func:`finish`: run.json, then metrics, artifacts and the per-class report in
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from fstag.runs.run_dir import (
     TEST_NPZ, RunDir, job_name, mlflow_run_name,
 )
 from fstag.runs.tracking import open_job_run
+from fstag.train import self_training
 from fstag.train.datamodule import FoldDataModule
 from fstag.train.distributed import relaunch_ranks_as_jobs
 from fstag.train.fold_data import FoldData, TrainingSetupError, load_fold_data
@@ -60,6 +62,7 @@ class Job:
     variant: str
     items: list[str]     # the variant's overrides
     ident: dict
+    teachers: list[RunDir] = field(default_factory=list)  # stage=self_train: the runs that pseudo-label
 
 
 @dataclass
@@ -76,6 +79,7 @@ class Built:
     resume_from: str | None
     init_from: dict | None
     gpu: bool
+    self_train: dict | None = None  # stage=self_train: run.json's record of the pseudo-labels
 
 
 @dataclass
@@ -130,7 +134,12 @@ def prepare(cfg: DictConfig) -> tuple[Job, dict | None]:
     variant, items = job_variant(task_overrides(), stage, str(cfg.data.root))
     if variant != job_dir.parent.name and lead:
         log.warning("job_dir %s does not end in the variant %s/fold_<k> of this job", job_dir, variant)
-    job = Job(cfg, job_dir, stage, int(cfg.fold), lead, variant, items, identity(cfg))
+    teachers = []
+    if stage == "self_train":  # its identity holds its folder's and its teachers' content
+        self_training.input_folder(cfg)
+        teachers = self_training.resolve_teachers(cfg)
+    ident = identity(cfg, teachers=[t.path for t in teachers]) if stage == "self_train" else identity(cfg)
+    job = Job(cfg, job_dir, stage, int(cfg.fold), lead, variant, items, ident, teachers)
     if not cfg.force:
         check_reuse(job_dir, job.ident)  # JobConfigMismatch names the differing keys
     existing = job_dir / RUN_JSON
@@ -160,6 +169,14 @@ def build(job: Job) -> Built:
         write_identity(job.dir, job.ident, job.variant, job.items)
     parent = parent_run(cfg, data.labels, data.feature_key, job.ident) if job.stage == "retrain_val" else None
 
+    store, train_rows, st_record = data.train_store, data.train_rows, None
+    if job.stage == "self_train":
+        self_training.check_teachers(job.teachers, data.labels, data.feature_key)
+        pseudo = self_training.pseudo_label(cfg, job.teachers, torch.device("cuda" if on_gpu(cfg) else "cpu"))
+        store, train_rows = self_training.with_pseudo_labels(store, train_rows, pseudo, float(cfg.self_train.weight))
+        if job.lead:
+            st_record = self_training.record(cfg, pseudo, data.labels, job.ident, job.dir)
+
     module = build_module(cfg, data.labels, data.train_store, from_parent=parent is not None)
     last = job.dir / CHECKPOINT_DIR / LAST_CKPT
     resume_from = str(last) if cfg.resume and last.is_file() else None
@@ -172,14 +189,15 @@ def build(job: Job) -> Built:
         module = module.to(memory_format=torch.channels_last)
     if cfg.gpu.compile:
         module.compile_model(str(cfg.gpu.get("compile_backend", "inductor")))
-    dm = FoldDataModule(data.train_store, data.train_rows, data.val_rows, to_plain(cfg.loader), to_plain(cfg.aug), gpu)
+    dm = FoldDataModule(store, train_rows, data.val_rows, to_plain(cfg.loader), to_plain(cfg.aug), gpu)
 
     run_name = mlflow_run_name(str(cfg.arch.name), str(cfg.aug.name), job.fold, job.stage, job.variant)
     run_id = open_run(job, run_name)
-    log.info("%s: %d train rows, %d val rows, %d classes%s", run_name, len(data.train_rows), len(data.val_rows),
-             len(data.labels), f" (resuming from {resume_from})" if resume_from else "")
+    log.info("%s: %d train rows%s, %d val rows, %d classes%s", run_name, len(train_rows),
+             f" ({len(train_rows) - len(data.train_rows)} pseudo-labelled)" if job.stage == "self_train" else "",
+             len(data.val_rows), len(data.labels), f" (resuming from {resume_from})" if resume_from else "")
     trainer = build_trainer(cfg, job.dir, build_callbacks(cfg, job.dir), build_loggers(cfg, run_id))
-    return Built(data, parent, module, dm, trainer, run_id, run_name, resume_from, init_from, gpu)
+    return Built(data, parent, module, dm, trainer, run_id, run_name, resume_from, init_from, gpu, st_record)
 
 
 def check_predict_config(cfg: DictConfig) -> None:
@@ -320,6 +338,8 @@ def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict) -> dict:
         "epochs_trained": int(trainer.current_epoch), "best_epoch": int(best_ckpt.get("epoch", -1)),
         "test_missing": p.test_missing, "world_size": int(trainer.world_size), "complete": False,
     }
+    if built.self_train is not None:
+        info["self_train"] = built.self_train
     write_json_atomic(job.dir / RUN_JSON, info)
     return info
 
@@ -346,6 +366,8 @@ def finish(job_dir: Path, info: dict) -> dict:
     client.log_dict(run_id, done, RUN_JSON)  # the artifact is the run.json this job ends with
     for name in (CONFIG_YAML, OOF_NPZ, TEST_NPZ):
         client.log_artifact(run_id, str(job_dir / name))
+    if info.get("self_train"):  # the pseudo-labels: counts as metrics, pseudo_labels.csv as an artifact
+        self_training.log_to_mlflow(client, run_id, job_dir, info["self_train"])
     best = job_dir / CHECKPOINT_DIR / BEST_CKPT
     if best.is_file():  # checkpoints/best.ckpt: predict.py from the tracking server alone (fstag.runs.members)
         client.log_artifact(run_id, str(best), CHECKPOINT_DIR)
