@@ -15,7 +15,9 @@ gives the same probabilities, and on the shifted test split's audio files (a sec
 
 ``--tiny``: a smoke test of the same steps on CPU: a tiny demo set (63 train clips, 12 test clips of at
 most 4 s, no shifted split), 1 epoch, 1 TTA pass in the job's own test predictions, 1 timed repeat; in a
-temporary root unless ``--root`` is given. Its figures mean nothing.
+temporary root unless ``--root`` is given. Its figures mean nothing. With ``--run-dir`` (a finished tiny job,
+as tests/test_benches.py passes one) nothing is trained: the training step's overrides are composed against
+conf/ instead, so a renamed key or option still fails the smoke test.
 """
 
 from __future__ import annotations
@@ -71,15 +73,32 @@ def _run(args: list[str], env: dict, cwd: Path, log: Path) -> None:
         raise SystemExit(f"{' '.join(args)} failed ({res.returncode}); see {log}")
 
 
+EXP = "bench-inference"
+
+
+def train_overrides(args) -> list[str]:
+    """train.py's overrides for the job the settings are compared on."""
+    return ["experiment=demo", f"fold={args.fold}", f"aug={args.aug}", f"exp={EXP}", f"trainer.max_epochs={args.epochs}",
+            "trainer.enable_progress_bar=false", *args.common, *args.train_extra]
+
+
+def check_train_overrides(args) -> None:
+    """The training step's overrides compose against conf/ (``--tiny --run-dir``: the step is not run)."""
+    from bench import compose_train
+
+    try:
+        compose_train(train_overrides(args))
+    except Exception as e:  # Hydra's composition errors
+        raise SystemExit(f"train.py's overrides do not compose against conf/: {e}") from e
+    print("not trained (--run-dir): train.py's overrides compose against conf/", flush=True)
+
+
 def _train(args, root: Path, env: dict) -> Path:
     _run([str(REPO / "preprocess.py"), "data=demo", *args.common], env, root, root / "preprocess.log")
-    exp = "bench-inference"
-    _run([str(REPO / "train.py"), "experiment=demo", f"fold={args.fold}", f"aug={args.aug}", f"exp={exp}",
-          f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", *args.common, *args.train_extra],
-         env, root, root / f"{exp}.log")
-    runs = sorted(p.parent for p in (root / "multirun" / exp).rglob("run.json"))
+    _run([str(REPO / "train.py"), *train_overrides(args)], env, root, root / f"{EXP}.log")
+    runs = sorted(p.parent for p in (root / "multirun" / EXP).rglob("run.json"))
     if len(runs) != 1:
-        raise SystemExit(f"{root / 'multirun' / exp}: expected one finished job, found {len(runs)}")
+        raise SystemExit(f"{root / 'multirun' / EXP}: expected one finished job, found {len(runs)}")
     return runs[0]
 
 
@@ -110,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.root is None:
             args.root = (stack.enter_context(tempfile.TemporaryDirectory(prefix="fstag-inference-tiny-")) if args.tiny
                          else str(REPO / "bench_runs" / "inference_modes"))
+        if args.tiny and args.run_dir:
+            check_train_overrides(args)
         run(args, Path(args.root).resolve())
 
 

@@ -63,6 +63,40 @@ def make_env(root: Path) -> dict:
     return env
 
 
+# Scheduling on pytest-xdist workers. `make test` runs ``pytest -n 2 --dist loadfile``: a file's tests run
+# together on one worker, in their order (they share module fixtures and build on each other's jobs), so a
+# file of independent long tests is better split (tests/test_bench_<name>.py, one per training bench). On the
+# workers the files are queued longest first, so the last ones to start are short and both workers finish
+# together: xdist's own order, most tests first, queues a one-test file of minutes last, so it is switched off.
+# A file's length is a rough estimate, in seconds on an idle 2-core machine running the suite on 2 workers: a
+# test marked `slow(seconds=N)` counts N, any other slow test SLOW_TEST_S, the rest half a second. The
+# estimates only order the queue: a stale one costs some wall time, never a result.
+# (Not `--dist loadgroup` with xdist_group marks: xdist 3.8 names a test's group by rewriting item._nodeid,
+# which pytest 9.2 no longer reads, so the groups are lost and every test is sent on its own.)
+SLOW_TEST_S = 40
+
+
+def _estimate_s(item: pytest.Item) -> float:
+    slow = item.get_closest_marker("slow")
+    return 0.5 if slow is None else float(slow.kwargs.get("seconds", SLOW_TEST_S))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist: keep the order made below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # serial runs keep pytest's order
+        return
+    files: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+    # the same order on every worker (xdist checks); a stable sort: equal estimates keep pytest's order
+    ordered = sorted(files.values(), key=lambda tests: -sum(_estimate_s(t) for t in tests))
+    items[:] = [item for tests in ordered for item in tests]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

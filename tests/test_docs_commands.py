@@ -216,7 +216,10 @@ def compose_and_resolve(config_name: str, overrides: list[str], tmp_path: Path):
         cfg.hydra.job.num = 0
         cfg.hydra.job.id = "0"
     HydraConfig.instance().set_config(cfg)
-    OmegaConf.to_container(cfg, resolve=True)  # every interpolation, the job's variant and paths included
+    try:
+        OmegaConf.to_container(cfg, resolve=True)  # every interpolation, the job's variant and paths included
+    finally:  # not left behind for the next test on this worker (a job's variant reads the running job's overrides)
+        HydraConfig.instance().cfg = None
     return cfg
 
 

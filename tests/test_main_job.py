@@ -12,7 +12,7 @@ from fstag.ensemble.submission import validate_submission
 from fstag.runs.identity import job_variant
 from tests.conftest import TINY_DEMO, TINY_OVERRIDES, Project, make_env
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=130)  # the longest test (the order of the xdist queue: tests/conftest.py)
 
 
 def test_demo_job_end_to_end(tmp_path):

@@ -142,7 +142,7 @@ def test_the_listing_and_a_sweep_selector_work_from_the_server_alone(demo_projec
     shutil.rmtree(cluster_sweep / EXP / "cnn_small", ignore_errors=True)  # no job folder here: the server alone
     runs = _runs(uri)
     listed = demo_project.run("-m fstag.runs", *common, "--sort", "val_map3", env=env).stdout
-    assert f"2 job(s) from experiment '{EXPERIMENT}' in {uri}" in listed
+    assert f"2 job(s) from experiment '{EXPERIMENT}' (exp {EXP}) in {uri}" in listed
     for k in (0, 1):
         run = runs[f"cnn_small/none/default/fold_{k}"]
         row = next(line.split() for line in listed.splitlines() if line.startswith(f"cnn_small/none/fold_{k} "))

@@ -197,8 +197,9 @@ def _search_all(client, exp_id: str, filter_string: str = "") -> list:
             return out
 
 
-def mlflow_sweeps(tracking_uri: str, experiment: str) -> list[dict]:
-    """The sweep parent runs of an experiment in the tracking store, oldest first, with their jobs' run ids."""
+def mlflow_sweeps(tracking_uri: str, experiment: str, exp: str | None = None) -> list[dict]:
+    """The sweep parent runs of an MLflow experiment (of the ``exp`` folder's jobs only, when given) in the
+    tracking store, oldest first, with their jobs' run ids."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -209,6 +210,8 @@ def mlflow_sweeps(tracking_uri: str, experiment: str) -> list[dict]:
     runs = _search_all(client, exp_id)
     out = []
     for p in sorted(parents, key=lambda r: r.info.start_time or 0):
+        if exp is not None and p.data.tags.get("fstag.exp") != exp:
+            continue
         pid = p.info.run_id
         jobs = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == pid}
         listed = p.data.tags.get("fstag.sweep.run_ids", "")
@@ -218,8 +221,9 @@ def mlflow_sweeps(tracking_uri: str, experiment: str) -> list[dict]:
     return out
 
 
-def mlflow_jobs(tracking_uri: str, experiment: str) -> list[JobRecord]:
-    """The train.py runs of ``experiment`` in the tracking store (tag ``fstag.run_dir``), sorted by name."""
+def mlflow_jobs(tracking_uri: str, experiment: str, exp: str | None = None) -> list[JobRecord]:
+    """The train.py runs of MLflow ``experiment`` in the tracking store (tag ``fstag.run_dir``), sorted by
+    name; only those of the ``exp`` folder when given (one MLflow experiment holds every exp of a data set)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
@@ -230,6 +234,8 @@ def mlflow_jobs(tracking_uri: str, experiment: str) -> list[JobRecord]:
     for r in sorted(_search_all(client, exp_id), key=lambda r: r.info.start_time or 0):
         tags, m = r.data.tags, r.data.metrics
         if MLFLOW_RUN_DIR_TAG not in tags or "fstag.arch" not in tags:
+            continue
+        if exp is not None and tags.get("fstag.exp") != exp:
             continue
         job = job_name(int(tags.get("fstag.fold", 0)), tags.get("fstag.stage", "train"))
         epochs = m.get("epochs_trained")
@@ -250,7 +256,7 @@ def mlflow_jobs(tracking_uri: str, experiment: str) -> list[JobRecord]:
             out[rec.name] = rec
     recs = sorted(out.values(), key=lambda r: r.name)
     by_id = {r.run_id: r for r in recs}
-    for sweep in mlflow_sweeps(tracking_uri, experiment):
+    for sweep in mlflow_sweeps(tracking_uri, experiment, exp):
         for rid in sweep["job_run_ids"]:
             if rid in by_id:
                 by_id[rid].sweeps.append(sweep["mlflow_parent_run_id"])
@@ -297,8 +303,9 @@ def load_catalog(exp_dir: str | Path, tracking_uri: str | None, experiment: str 
             return Catalog("local", jobs, sweeps, str(exp_dir))
     if not tracking_uri or not experiment:
         return Catalog("mlflow", [], [], str(tracking_uri))
-    return Catalog("mlflow", mlflow_jobs(tracking_uri, experiment), mlflow_sweeps(tracking_uri, experiment),
-                   f"experiment {experiment!r} in {tracking_uri}")
+    exp = Path(exp_dir).name  # <runs_dir>/<exp>: the exp folder's jobs, as train.py tags them
+    return Catalog("mlflow", mlflow_jobs(tracking_uri, experiment, exp), mlflow_sweeps(tracking_uri, experiment, exp),
+                   f"experiment {experiment!r} (exp {exp}) in {tracking_uri}")
 
 
 # what exists, for errors ------------------------------------------------------------------------------
