@@ -36,6 +36,11 @@ def test_launcher_configs_as_users_type_them():
     want = torch.cuda.device_count() or joblib.cpu_count()  # one job per GPU, else per CPU
     assert jl["n_jobs"] == want and jl["_target_"].endswith("JoblibLauncher")
     assert _launcher("joblib", "hydra.launcher.n_jobs=3")["n_jobs"] == 3
+    # jobs per GPU: n_jobs = devices x launcher.jobs_per_gpu (a device list given, as on a CPU machine)
+    assert _launcher("joblib", "launcher.gpus=[3,5]", "launcher.jobs_per_gpu=3")["n_jobs"] == 6
+    for bad, key in (("launcher.jobs_per_gpu=0", "launcher.jobs_per_gpu=0"), ("launcher.gpus=7", "launcher.gpus=7")):
+        with pytest.raises(Exception, match=f"{key}: a "):
+            _launcher("joblib", "launcher.gpus=[0]", bad)
     slurm = _launcher("submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=90")
     assert slurm["_target_"].endswith("SlurmLauncher")
     assert (slurm["partition"], slurm["timeout_min"], slurm["gpus_per_node"]) == ("gpu", 90, 1)
@@ -43,29 +48,38 @@ def test_launcher_configs_as_users_type_them():
     assert _launcher("submitit_local")["_target_"].endswith("LocalLauncher")
 
 
-def _lease(gpus, key, queue, done):
-    from fstag.runs.launchers import lease_gpu
+def _lease(gpus, key, per_gpu, queue, done):
+    from fstag.runs.launchers import current_lease, lease_gpu
 
-    queue.put((lease_gpu(gpus, key), os.environ.get("CUDA_VISIBLE_DEVICES")))
+    queue.put((lease_gpu(gpus, key, per_gpu), os.environ.get("CUDA_VISIBLE_DEVICES"), current_lease()))
     done.wait(300)  # hold the lease until every worker has tried
 
 
-def test_each_worker_process_leases_its_own_gpu():
+def test_each_worker_process_leases_its_own_slot():
+    """Two devices, two jobs per device: four workers get the four slots, the first two on different
+    devices; a fifth finds none free and leaves CUDA alone."""
     ctx = multiprocessing.get_context("spawn")
     queue, done = ctx.Queue(), ctx.Event()
     key = f"test-{os.getpid()}-{time.time_ns()}"
-    procs = [ctx.Process(target=_lease, args=(["3", "5"], key, queue, done)) for _ in range(3)]
+    procs = [ctx.Process(target=_lease, args=(["3", "5"], key, 2, queue, done)) for _ in range(5)]
     for p in procs:
         p.start()
     try:
-        got = sorted((queue.get(timeout=300) for _ in procs), key=str)
+        got = [queue.get(timeout=300) for _ in procs]
     finally:
         done.set()
     for p in procs:
         p.join(timeout=60)
     leased = [g for g in got if g[0] is not None]
-    assert sorted(leased) == [("3", "3"), ("5", "5")]  # two devices, two workers, each pinned to its own
-    assert [g[0] for g in got if g[0] is None] == [None]  # the third finds none free and leaves CUDA alone
+    assert sorted(g[2] for g in leased) == ["3:0", "3:1", "5:0", "5:1"]  # each slot once
+    assert all(g[1] == g[0] == g[2].split(":")[0] for g in leased)  # pinned to its slot's device
+    assert [(g[0], g[2]) for g in got if g[0] is None] == [(None, None)]  # no slot, no lease recorded
+
+
+def test_slots_spread_over_devices_first():
+    from fstag.runs.launchers import slots
+
+    assert slots(["0", "1"], 2) == [("0", 0), ("1", 0), ("0", 1), ("1", 1)]
 
 
 @pytest.mark.slow

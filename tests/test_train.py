@@ -130,17 +130,24 @@ def test_pretrained_offline_fails_at_once_with_a_clear_message(demo_project):
 
 def test_parallel_joblib_sweep_against_a_new_sqlite_store(demo_project, tmp_path):
     """Two jobs in parallel processes (Hydra's joblib launcher) on a store that does not exist yet: the
-    sweep callback creates it once, before the jobs start, and both jobs land under one parent run."""
+    sweep callback creates it once, before the jobs start, and both jobs land under one parent run.
+    Both share one device (``launcher.gpus=[0]``, two jobs per GPU, so n_jobs is 2): each worker leases a slot
+    of its own, recorded in its run.json and MLflow run (CUDA_VISIBLE_DEVICES=0 is harmless on a CPU machine)."""
     db = tmp_path / "new" / "parallel.db"
     db.parent.mkdir()
     uri = f"sqlite:///{db}"
-    demo_project.run("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "fold=0,1",
-                     *TINY_TRAIN, "trainer.max_epochs=1", "exp=parallel", env={"MLFLOW_TRACKING_URI": uri})
+    demo_project.run("train.py", "-m", "hydra/launcher=joblib", "launcher.gpus=[0]", "launcher.jobs_per_gpu=2",
+                     "fold=0,1", *TINY_TRAIN, "trainer.max_epochs=1", "exp=parallel", env={"MLFLOW_TRACKING_URI": uri})
     runs = _runs_by_name(uri)
     jobs = [runs[f"cnn_small/none/trainer.max_epochs=1/fold_{k}"] for k in (0, 1)]
     assert all(r.info.status == "FINISHED" for r in jobs)
     parents = {r.data.tags["mlflow.parentRunId"] for r in jobs}
     assert len(parents) == 1 and runs[next(n for n in runs if n.startswith("sweep/"))].info.run_id in parents
+    infos = [json.loads((demo_project.runs_dir.parent / "parallel" / "cnn_small/none/trainer.max_epochs=1" / f"fold_{k}"
+                         / "run.json").read_text()) for k in (0, 1)]
+    assert sorted(i["device_lease"] for i in infos) == ["0:0", "0:1"]  # one device, two slots, one job each
+    assert [i["mlflow_run_id"] for i in infos] == [r.info.run_id for r in jobs]  # each job its own run ...
+    assert [r.data.tags["fstag.device_lease"] for r in jobs] == [i["device_lease"] for i in infos]  # ... and lease
 
 
 def test_unverified_rows_can_be_left_out(swept):

@@ -7,8 +7,8 @@ run that groups its jobs in the MLflow UI:
 - the parent's id reaches each job through the job's own process (``on_job_start`` sets
   ``FSTAG_MLFLOW_PARENT_RUN_ID``), whatever the launcher (basic in-process, joblib workers, submitit
   processes or SLURM jobs: the callback travels pickled with each job, its run id with it);
-- with ``hydra/launcher=joblib`` on several GPUs, each worker process is pinned to a GPU of its own
-  (:func:`fstag.runs.launchers.lease_gpu`);
+- with ``hydra/launcher=joblib`` on GPUs, each worker process leases a slot of its own, a GPU shared by at
+  most ``launcher.jobs_per_gpu`` workers (:func:`fstag.runs.launchers.lease_gpu`);
 - against a tracking server (``http(s)://``), the experiment it creates keeps the server's artifact
   store (``mlflow server --serve-artifacts``), so the artifacts are where anyone with the server finds them;
 - each launch has a name: ``sweep_name=<name>`` or its start time (``20261130-101500``); its parent run is
@@ -90,14 +90,15 @@ def _resume_study(config: DictConfig) -> str | None:
     return name
 
 
-def _joblib_gpus(config: DictConfig) -> list[str]:
-    """The GPUs to spread joblib workers over (empty for other launchers or fewer than 2 GPUs)."""
+def _joblib_slots(config: DictConfig) -> tuple[list[str], int]:
+    """(GPUs, jobs per GPU) to spread joblib workers over: ``launcher.gpus`` (null: the visible CUDA devices)
+    and ``launcher.jobs_per_gpu`` (fstag.runs.launchers); no GPUs for the other launchers."""
     if "joblib" not in str(OmegaConf.select(config, "hydra.launcher._target_", default="")).lower():
-        return []
-    from fstag.runs.launchers import visible_gpus
+        return [], 1
+    from fstag.runs.launchers import launch_plan
 
-    gpus = visible_gpus()
-    return gpus if len(gpus) > 1 else []
+    node = OmegaConf.select(config, "launcher", default=None)
+    return launch_plan(OmegaConf.to_container(node, resolve=True) if node is not None else None)
 
 
 class MlflowSweepCallback(Callback):
@@ -105,6 +106,7 @@ class MlflowSweepCallback(Callback):
         self._run_id: str | None = None
         self._uri: str | None = None
         self._gpus: list[str] = []
+        self._per_gpu = 1
 
     # multirun --------------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -144,7 +146,7 @@ class MlflowSweepCallback(Callback):
                           {"mlflow_parent_run_id": run_id, "name": sweep_name, "run_name": run_name,
                            "overrides": list(config.hydra.overrides.task), "pid": os.getpid(), "study": study})
         self._run_id, self._uri = run_id, uri
-        self._gpus = _joblib_gpus(config)
+        self._gpus, self._per_gpu = _joblib_slots(config)
         os.environ[PARENT_RUN_ENV] = run_id
         log.info("MLflow parent run %s for this launch (%s)", run_id, overrides)
 
@@ -235,7 +237,7 @@ class MlflowSweepCallback(Callback):
         if self._gpus and str(OmegaConf.select(config, "trainer.devices", default=1)) == "1":
             from fstag.runs.launchers import lease_gpu
 
-            lease_gpu(self._gpus, self._run_id or str(os.getppid()))
+            lease_gpu(self._gpus, self._run_id or str(os.getppid()), self._per_gpu)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         self._record_job(config, job_return)

@@ -2,7 +2,8 @@
 module before Hydra composes):
 
 - ``${fstag.abspath:<path>}``: the path made absolute against the current working directory;
-- ``${fstag.n_jobs:}``: the joblib launcher's default parallelism (:func:`fstag.runs.launchers.n_jobs`);
+- ``${fstag.n_jobs:}``: the joblib launcher's default parallelism, from the config's ``launcher`` keys
+  (:func:`fstag.runs.launchers.n_jobs`);
 - ``${fstag.variant:<stage>}``: the running job's variant for that stage (:mod:`fstag.runs.identity`).
 """
 
@@ -19,10 +20,11 @@ def _abspath(path: str) -> str:
     return str(Path(os.path.expanduser(str(path))).resolve())
 
 
-def _n_jobs() -> int:
-    from fstag.runs.launchers import n_jobs
+def _n_jobs(*, _root_) -> int:
+    from fstag.runs import launchers
 
-    return n_jobs()
+    node = OmegaConf.select(_root_, "launcher", default=None)
+    return launchers.n_jobs(OmegaConf.to_container(node, resolve=True) if node is not None else None)
 
 
 def register_resolvers() -> None:

@@ -35,6 +35,7 @@ from fstag.infer.predictor import MODES, predict_probs
 from fstag.models.augment import pad_value_of
 from fstag.models.module import TaggingModule, plain_state_dict
 from fstag.runs.identity import check_reuse, identity, job_variant, task_overrides, write_identity
+from fstag.runs.launchers import current_lease
 from fstag.runs.run_dir import (
     BEST_CKPT, CHECKPOINT_DIR, CONFIG_YAML, LAST_CKPT, MLFLOW_RUN_DIR_TAG, MLFLOW_RUN_ID_FILE, OOF_NPZ, RUN_JSON,
     TEST_NPZ, RunDir, job_name, mlflow_run_name,
@@ -249,6 +250,8 @@ def run_tags(job: Job) -> dict[str, str]:
     tags = {MLFLOW_RUN_DIR_TAG: str(job.dir), "fstag.arch": str(cfg.arch.name), "fstag.aug": str(cfg.aug.name),
             "fstag.fold": str(cfg.fold), "fstag.stage": str(cfg.stage.name), "fstag.variant": job.variant,
             "fstag.exp": str(cfg.exp)}
+    if current_lease():  # the launcher's slot (hydra/launcher=joblib on GPUs: <device>:<slot>)
+        tags["fstag.device_lease"] = current_lease()
     # each variant override as a tag (and, through the flat config, as a param of that name)
     tags.update({f"fstag.override.{i.split('=', 1)[0]}": (i.split("=", 1) + [""])[1] for i in job.items if "=" in i})
     tags.update({"fstag.override.data": i.split("@", 1)[1] for i in job.items if i.startswith("data@")})
@@ -336,7 +339,8 @@ def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict) -> dict:
         "best_val_acc1": best_acc, "oof_map3": map_at_3(p.oof_probs, p.oof_targets),
         "oof_acc1": top1_accuracy(p.oof_probs, p.oof_targets), "oof_source": p.oof_source,
         "epochs_trained": int(trainer.current_epoch), "best_epoch": int(best_ckpt.get("epoch", -1)),
-        "test_missing": p.test_missing, "world_size": int(trainer.world_size), "complete": False,
+        "test_missing": p.test_missing, "world_size": int(trainer.world_size), "device_lease": current_lease(),
+        "complete": False,
     }
     if built.self_train is not None:
         info["self_train"] = built.self_train
