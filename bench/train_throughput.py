@@ -1,18 +1,23 @@
 """Training throughput of the real pipeline against the model's own limit, in one process.
 
-    python bench/train_throughput.py [--archs resnext101_32x4d,resnet50] [--batches 64,128] [--steps 50] [--tiny]
+    python bench/train_throughput.py [--archs resnext101_32x4d,resnet50] [--batches 128,512] [--steps 50]
+                                     [--inputs loader,resident] [--compile off,on] [--tiny]
 
-For each arch x batch size it measures samples/s of
-  (a) the limit: forward + backward + SGD step on random tensors already on the device, same precision
-      (bf16 autocast on GPU) and memory format (channels_last on GPU);
-  (b) the real pipeline: the feature store -> CropDataset (crop/pad, specmask_concat) -> DataLoader
-      (workers, pinned memory) -> Lightning training_step with mixup, via pl.Trainer;
-and prints (b)/(a). The feature store is an in-memory stand-in with FSDKaggle2018-like clip lengths
+For each arch x batch size x compile it measures samples/s of
+  (a) the limit (model-only): forward + backward + SGD step on random tensors already on the device, same
+      precision (bf16 autocast on GPU) and memory format (channels_last on GPU);
+  (b) the real pipeline, by input path (``--inputs``): ``loader``, the feature store -> CropDataset (crop/pad,
+      specmask_concat) -> DataLoader (workers, pinned memory), or ``resident`` (``loader.resident=true``:
+      the clips on the device, crops cut there in batch, fstag/train/resident_data.py), then the Lightning
+      training_step with mixup, via pl.Trainer;
+and prints (b)/(a). ``--compile on``: the backbone torch.compile'd (gpu.compile=true) in (a) and (b); its
+compilation happens in the warm-up steps and is printed as the warm-up's extra seconds. The feature store is an in-memory stand-in with FSDKaggle2018-like clip lengths
 (float16, 3x64xT), so the figure isolates the training path from disk speed.
 The module's optimiser, schedule and mixup are conf/'s (``optimizer=sgd scheduler=seed``, the seed's
 recipe), composed by Hydra and built by ``hydra.utils.instantiate`` as train.py builds them.
 On a CPU-only machine the defaults shrink to the small CNN. ``--tiny``: the same path on CPU with the small
-CNN, batch 8, 3 timed steps over 64 clips (seconds; a smoke test, not a measurement).
+CNN, batch 8, 3 timed steps over 64 clips, both input paths, no compile (seconds; a smoke test, not a
+measurement).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from bench import TINY_NOTE, compose_train, machine  # noqa: E402
 from fstag.core.config import to_plain  # noqa: E402
 from fstag.models.module import TaggingModule  # noqa: E402
 from fstag.train.datamodule import FoldDataModule, Rows  # noqa: E402
+from fstag.train.resident_data import ResidentDataModule  # noqa: E402
 
 # the seed's recipe: the config groups train.py composes by default
 RECIPE = ["optimizer=sgd", "scheduler=seed"]
@@ -63,10 +69,13 @@ def _module(arch: str, n_classes: int, device: torch.device) -> TaggingModule:
     )
 
 
-def limit_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device) -> float:
+def limit_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
+                        compile: bool = False) -> float:
     module = _module(arch, 41, device).to(device)
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
+    if compile:
+        module.compile_model()
     opt = torch.optim.SGD(module.parameters(), lr=0.009, momentum=0.9)
     x = torch.randn(batch, 3, 64, 150, device=device)
     y = torch.randint(0, 41, (batch,), device=device)
@@ -106,16 +115,19 @@ class _StepTimer(pl.Callback):
 
 
 def pipeline_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
-                           store: MemoryStore, num_workers: int | None) -> float:
+                           store: MemoryStore, num_workers: int | None, resident: bool = False,
+                           compile: bool = False) -> float:
     n = (warmup + steps) * batch
     idx = np.arange(n) % len(store)
     rows = Rows(index=idx, targets=np.arange(n) % 41, weights=np.ones(n, dtype=np.float32))
     aug = {"name": "specmask_concat", "specmask_concat": True, "time_mask": 30, "freq_mask": 15, "mask_value": 0.0}
     loader = {"batch_size": batch, "num_workers": num_workers, "crop_frames": 150, "pad_value": 0.0, "pin_memory": None}
-    dm = FoldDataModule(store, rows, rows, loader, aug, on_gpu=device.type == "cuda")
+    dm = (ResidentDataModule if resident else FoldDataModule)(store, rows, rows, loader, aug, on_gpu=device.type == "cuda")
     module = _module(arch, 41, device)
     if device.type == "cuda":
         module = module.to(memory_format=torch.channels_last)
+    if compile:
+        module.compile_model()
     timer = _StepTimer(warmup)
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
@@ -136,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: fstag's)")
     ap.add_argument("--clips", type=int, default=2000)
+    ap.add_argument("--inputs", default="loader,resident", help="input paths of the pipeline: loader, resident or both")
+    ap.add_argument("--compile", default="off", help="off, on or off,on: the backbone torch.compile'd (gpu.compile)")
     ap.add_argument("--tiny", action="store_true", help="a smoke test: CPU, cnn_small, batch 8, 3 steps, 64 clips")
     a = ap.parse_args(argv)
     if a.tiny:
@@ -143,7 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(a.device)
     gpu = device.type == "cuda"
     archs = (a.archs or ("resnext101_32x4d,resnet50" if gpu else "cnn_small")).split(",")
-    batches = [int(b) for b in (a.batches or ("64,128" if gpu else "32")).split(",")]
+    batches = [int(b) for b in (a.batches or ("128,512" if gpu else "32")).split(",")]
+    inputs = a.inputs.split(",")
+    compiles = [c == "on" for c in a.compile.split(",")]
+    for name, values, allowed in (("--inputs", inputs, ("loader", "resident")), ("--compile", a.compile.split(","), ("off", "on"))):
+        if not values or any(v not in allowed for v in values):
+            ap.error(f"{name}={','.join(values)}: choose from {', '.join(allowed)}")
     steps = a.steps or (50 if gpu else 10)
     if gpu:
         torch.backends.cudnn.benchmark = True
@@ -152,12 +171,16 @@ def main(argv: list[str] | None = None) -> None:
         print(TINY_NOTE)
     print(f"machine: {machine(device)}")
     print(f"recipe: {' '.join(RECIPE)} (conf/), {steps} timed steps after {a.warmup} warm-up")
-    print(f"{'arch':<18} {'batch':>5} {'limit/s':>10} {'pipeline/s':>11} {'ratio':>7}")
+    print(f"{'arch':<18} {'batch':>5} {'compile':>7} {'input':>8} {'limit/s':>10} {'pipeline/s':>11} {'ratio':>7}")
     for arch in archs:
         for b in batches:
-            lim = limit_samples_per_s(arch, b, steps, a.warmup, device)
-            real = pipeline_samples_per_s(arch, b, steps, a.warmup, device, store, a.num_workers)
-            print(f"{arch:<18} {b:>5} {lim:>10.1f} {real:>11.1f} {real / lim:>7.1%}", flush=True)
+            for comp in compiles:
+                lim = limit_samples_per_s(arch, b, steps, a.warmup, device, comp)
+                for path in inputs:
+                    real = pipeline_samples_per_s(arch, b, steps, a.warmup, device, store, a.num_workers,
+                                                  resident=path == "resident", compile=comp)
+                    print(f"{arch:<18} {b:>5} {'on' if comp else 'off':>7} {path:>8} {lim:>10.1f} {real:>11.1f} "
+                          f"{real / lim:>7.1%}", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ torch's global RNG (seeded per DataLoader worker by Lightning's ``seed_everythin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -25,6 +27,24 @@ def silence_canvas(x: torch.Tensor, length: int) -> torch.Tensor:
     return out
 
 
+def draw_crop(t: int, length: int, generator: torch.Generator | None = None) -> int:
+    """The random window of a ``t``-frame clip cut to ``length`` frames, as a *shift*: output frame ``j``
+    reads clip frame ``j + shift``: a crop's start (>= 0) when the clip is long enough, else minus the
+    offset at which it is placed in the padding canvas."""
+    return _randint(t - length, generator) if t >= length else -_randint(length - t, generator)
+
+
+def crop_at(x: torch.Tensor, length: int, shift: int, pad_value: float | None = 0.0) -> torch.Tensor:
+    """``x`` (C, F, T) cut to ``length`` frames at ``shift`` (:func:`draw_crop`): a window of a longer clip,
+    or the clip placed at offset ``-shift`` in a ``pad_value`` canvas (``None``: a :func:`silence_canvas`)."""
+    t = x.shape[-1]
+    if t >= length:
+        return x[..., shift : shift + length]
+    out = silence_canvas(x, length) if pad_value is None else x.new_full((*x.shape[:-1], length), pad_value)
+    out[..., -shift : -shift + t] = x
+    return out
+
+
 def crop_or_pad(
     x: torch.Tensor, length: int, *, random: bool, pad_value: float | None = 0.0,
     generator: torch.Generator | None = None,
@@ -32,13 +52,27 @@ def crop_or_pad(
     """Cut ``x`` (C, F, T) to ``length`` frames: a random (or the first) window of a longer clip, or the
     clip placed at a random (or zero) offset in a ``pad_value`` canvas when shorter (``None``: a
     :func:`silence_canvas`)."""
-    t = x.shape[-1]
-    if t >= length:
-        start = _randint(t - length, generator) if random else 0
-        return x[..., start : start + length]
-    out = silence_canvas(x, length) if pad_value is None else x.new_full((*x.shape[:-1], length), pad_value)
-    offset = _randint(length - t, generator) if random else 0
-    out[..., offset : offset + t] = x
+    shift = draw_crop(x.shape[-1], length, generator) if random else 0
+    return crop_at(x, length, shift, pad_value)
+
+
+def draw_spec_mask(f: int, t: int, time_mask: int, freq_mask: int,
+                   generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """``(w, t0, h, f0)`` of :func:`spec_mask` on an (F, T) clip: frames ``[t0, t0 + w)`` and bands
+    ``[f0, f0 + h)``."""
+    w = min(_randint(time_mask, generator), t)
+    t0 = _randint(t - w, generator)
+    h = min(_randint(freq_mask, generator), f)
+    f0 = _randint(f - h, generator)
+    return w, t0, h, f0
+
+
+def mask_at(x: torch.Tensor, mask: tuple[int, int, int, int], value: float = 0.0) -> torch.Tensor:
+    """A copy of ``x`` with the time and frequency masks ``(w, t0, h, f0)`` filled with ``value``."""
+    w, t0, h, f0 = mask
+    out = x.clone()
+    out[..., t0 : t0 + w] = value
+    out[..., f0 : f0 + h, :] = value
     return out
 
 
@@ -47,15 +81,7 @@ def spec_mask(
 ) -> torch.Tensor:
     """SpecAugment on a copy of ``x``: one time mask of up to ``time_mask`` frames and one frequency mask
     of up to ``freq_mask`` bands, filled with ``value``."""
-    out = x.clone()
-    f, t = x.shape[-2], x.shape[-1]
-    w = min(_randint(time_mask, generator), t)
-    t0 = _randint(t - w, generator)
-    out[..., t0 : t0 + w] = value
-    h = min(_randint(freq_mask, generator), f)
-    f0 = _randint(f - h, generator)
-    out[..., f0 : f0 + h, :] = value
-    return out
+    return mask_at(x, draw_spec_mask(x.shape[-2], x.shape[-1], time_mask, freq_mask, generator), value)
 
 
 def specmask_concat(
@@ -85,8 +111,30 @@ def pad_value_of(loader) -> float | None:
     return None if value is None or value == "floor" else float(value)
 
 
+@dataclass(frozen=True)
+class ClipDraw:
+    """A training clip's random parameters, drawn by :func:`draw_clip` in :func:`training_transform`'s order."""
+
+    concat: bool                     # specmask_concat: a spec-masked copy appended (a clip shorter than the crop)
+    mask: tuple[int, int, int, int]  # (w, t0, h, f0) of that copy's masks (zeros without one)
+    shift: int                       # the crop of the (concatenated) clip: :func:`draw_crop`
+
+
+def draw_clip(n_frames: int, n_mels: int, length: int, aug, generator: torch.Generator | None = None) -> ClipDraw:
+    """The random parameters of :func:`training_transform` for a clip of ``n_frames`` x ``n_mels``, from the
+    clip's size alone (the device-resident input path draws them without the clip: fstag.train.resident_data)."""
+    concat = bool(aug.get("specmask_concat")) and n_frames < length
+    mask = draw_spec_mask(n_mels, n_frames, int(aug["time_mask"]), int(aug["freq_mask"]), generator) if concat else (0, 0, 0, 0)
+    return ClipDraw(concat, mask, draw_crop(2 * n_frames if concat else n_frames, length, generator))
+
+
+def apply_clip(x: torch.Tensor, draw: ClipDraw, length: int, aug, pad_value: float | None = 0.0) -> torch.Tensor:
+    """:func:`training_transform` with its random parameters given."""
+    if draw.concat:
+        x = torch.cat([x, mask_at(x, draw.mask, float(aug["mask_value"]))], dim=-1)
+    return crop_at(x, length, draw.shift, pad_value)
+
+
 def training_transform(x: torch.Tensor, length: int, aug, pad_value: float | None = 0.0) -> torch.Tensor:
     """The per-clip train-time input: specmask_concat (if ``aug.specmask_concat``), then random crop/pad."""
-    if aug.get("specmask_concat"):
-        x = specmask_concat(x, length, int(aug["time_mask"]), int(aug["freq_mask"]), float(aug["mask_value"]))
-    return crop_or_pad(x, length, random=True, pad_value=pad_value)
+    return apply_clip(x, draw_clip(x.shape[-1], x.shape[-2], length, aug), length, aug, pad_value)

@@ -45,6 +45,7 @@ from fstag.train import self_training
 from fstag.train.datamodule import FoldDataModule
 from fstag.train.distributed import relaunch_ranks_as_jobs
 from fstag.train.fold_data import FoldData, TrainingSetupError, load_fold_data
+from fstag.train.resident_data import fold_datamodule
 from fstag.train.lightning_parts import BestEpochMetrics, build_callbacks, build_loggers, build_trainer, on_gpu
 from fstag.train.retrain import parent_run, previous_init_from, start_from_parent
 
@@ -190,7 +191,7 @@ def build(job: Job) -> Built:
         module = module.to(memory_format=torch.channels_last)
     if cfg.gpu.compile:
         module.compile_model(str(cfg.gpu.get("compile_backend", "inductor")))
-    dm = FoldDataModule(store, train_rows, data.val_rows, to_plain(cfg.loader), to_plain(cfg.aug), gpu)
+    dm = fold_datamodule(store, train_rows, data.val_rows, to_plain(cfg.loader), to_plain(cfg.aug), gpu)  # loader.resident
 
     run_name = mlflow_run_name(str(cfg.arch.name), str(cfg.aug.name), job.fold, job.stage, job.variant)
     run_id = open_run(job, run_name)
