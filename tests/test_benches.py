@@ -44,6 +44,13 @@ def test_train_throughput(tmp_path):
         assert limit > 0 and pipeline > 0 and ratio > 0
 
 
+def test_jobs_per_gpu(tmp_path):
+    out = run_bench("jobs_per_gpu", tmp_path)
+    assert "machine: " in out and "cnn_small, batch 8, model-only training steps" in out
+    per_job, together, speedup = numbers(rf"^\s+2\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}x$", out)  # two processes at once
+    assert per_job > 0 and together > per_job and speedup > 0
+
+
 @pytest.mark.slow(seconds=20)
 def test_preprocess(tmp_path):
     out = run_bench("preprocess", tmp_path, "--data-dir", str(tmp_path / "clips"))
