@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+import torch
 
 from fstag.data.feature_store import FeatureStore, FeatureStoreError, feature_dir, read_report
 from fstag.data.feature_config import FeatureConfig, feature_key
@@ -198,3 +199,22 @@ def test_entry_point_cache_keys_and_errors(tmp_path):
     add_train_rows(root, ["../outside.wav"])
     refused = run_entry(tmp_path, *args)
     assert refused.returncode != 0 and "'../outside.wav'" in refused.stderr and "train.csv" in refused.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_preprocess_on_cuda_matches_the_cpu_cache(demo_project, tmp_path):
+    """``preprocess.py preprocess.device=cuda`` through the entry point: the same clips, the same frames and
+    features within float16 rounding of the session's CPU cache."""
+    from tests.conftest import TINY_DEMO
+
+    features = tmp_path / "features"
+    demo_project.run("preprocess.py", "data=demo", *TINY_DEMO, f"data.features_dir={features}", "preprocess.device=cuda")
+    (cache,) = [p.parent for p in features.glob("*/features.yaml")]
+    (reference,) = [p.parent for p in (demo_project.root / "data" / "demo" / "features").glob(f"{cache.name}/features.yaml")]
+    for split in ("train", "test"):
+        got, ref = FeatureStore.open(cache, split), FeatureStore.open(reference, split)
+        assert got.fnames == ref.fnames and list(got.lengths) == list(ref.lengths)
+        for i in range(len(ref)):
+            a, b = np.asarray(got[i], np.float32), np.asarray(ref[i], np.float32)
+            assert np.abs(a[0] - b[0]).max() < 0.1, (split, ref.fnames[i])  # dB
