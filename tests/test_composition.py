@@ -93,23 +93,34 @@ def _validate_single_process(job) -> dict[str, float]:
             "val_loss": float(torch.nn.functional.cross_entropy(logits, targets))}
 
 
+# The audio-native backbones (issue 19) with their BatchNorms, squeeze-excitation and mean + max pooling: the
+# DDP mechanics (ranks, metrics gathered once, one run) are the same for any arch, so these two stand for all.
+DDP_ARCHS = ("cnn6", "mn10_audio")
+
+
 def test_ddp_on_two_cpu_processes_gives_the_single_process_metrics_once(demo_project):
-    # a multirun job: its second rank must run this job alone, not the sweep again
-    demo_project.run("train.py", "-m", "fold=3", *TINY_TRAIN, "trainer=ddp_sim", "exp=ddp")
-    job = _job(demo_project, "ddp", 3)
-    assert job.parent.name == "trainer=ddp_sim"
-    info = json.loads((job / "run.json").read_text())
-    assert info["complete"] and info["world_size"] == 2
-    single = _validate_single_process(job)
-    best = info["best_metrics"]
-    assert best["val_acc1"] == pytest.approx(single["val_acc1"], abs=1e-6)
-    assert best["val_map3"] == pytest.approx(single["val_map3"], abs=1e-6)
-    assert best["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5)  # over all rows, each once
-    # one MLflow run for the job (a child of the launch's parent), one set of files
+    # a multirun of two jobs: each job's second rank must run that job alone, not the sweep again
+    demo_project.run("train.py", "-m", "fold=3", *TINY_TRAIN, "trainer=ddp_sim", "exp=ddp", f"arch={','.join(DDP_ARCHS)}",
+                     "trainer.max_epochs=1")
     _, runs = _runs(demo_project)
-    mine = [r for r in runs if r.data.tags.get("fstag.exp") == "ddp" and r.data.tags.get("fstag.fold") == "3"]
-    assert len(mine) == 1 and mine[0].info.status == "FINISHED" and mine[0].info.run_id == info["mlflow_run_id"]
-    assert len(list(job.rglob("*.ckpt"))) == 2 and len(list(demo_project.root.glob("multirun/ddp/*/*/*/fold_*"))) == 1
+    for arch in DDP_ARCHS:
+        (job,) = demo_project.root.glob(f"multirun/ddp/{arch}/*/*/fold_3")
+        assert job.parent.name == "trainer.max_epochs=1,trainer=ddp_sim"
+        info = json.loads((job / "run.json").read_text())
+        assert info["complete"] and info["world_size"] == 2 and info["arch"] == arch
+        single = _validate_single_process(job)
+        best = info["best_metrics"]
+        assert best["val_acc1"] == pytest.approx(single["val_acc1"], abs=1e-6), arch
+        assert best["val_map3"] == pytest.approx(single["val_map3"], abs=1e-6), arch
+        assert best["val_loss"] == pytest.approx(single["val_loss"], rel=1e-5), arch  # over all rows, each once
+        # one MLflow run for the job (a child of the launch's parent), one set of files
+        mine = [r for r in runs if r.data.tags.get("fstag.exp") == "ddp" and r.data.tags.get("fstag.fold") == "3"
+                and r.info.run_id == info["mlflow_run_id"]]
+        assert len(mine) == 1 and mine[0].info.status == "FINISHED"
+        assert len(list(job.rglob("*.ckpt"))) == 2
+    ddp_runs = [r for r in runs if r.data.tags.get("fstag.exp") == "ddp" and r.data.tags.get("fstag.fold") == "3"]
+    assert len(ddp_runs) == len(DDP_ARCHS)
+    assert len(list(demo_project.root.glob("multirun/ddp/*/*/*/fold_*"))) == len(DDP_ARCHS)
 
 
 def test_checkpoints_reload_without_their_initial_weights_or_compiler(demo_project, tmp_path):

@@ -43,7 +43,7 @@ from fstag.runs.run_dir import (
 from fstag.runs.tracking import open_job_run
 from fstag.train import self_training
 from fstag.train.datamodule import FoldDataModule
-from fstag.train.distributed import relaunch_ranks_as_jobs
+from fstag.train.distributed import ranks_end_with_fit, relaunch_ranks_as_jobs
 from fstag.train.fold_data import FoldData, TrainingSetupError, load_fold_data
 from fstag.train.resident_data import fold_datamodule
 from fstag.train.lightning_parts import BestEpochMetrics, build_callbacks, build_loggers, build_trainer, on_gpu
@@ -262,7 +262,8 @@ def run_tags(job: Job) -> dict[str, str]:
 # 3. fit ---------------------------------------------------------------------------------------------
 def fit(built: Built) -> None:
     relaunch_ranks_as_jobs()  # a multirun job's extra DDP ranks re-run this job, not the sweep
-    built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=built.resume_from)
+    with ranks_end_with_fit():  # the next job of a multirun in this process starts its own ranks
+        built.trainer.fit(built.module, datamodule=built.datamodule, ckpt_path=built.resume_from)
 
 
 # 4. predict -----------------------------------------------------------------------------------------
