@@ -37,9 +37,10 @@ recipe and self-training) and ``results.json`` (everything, with the job and ble
 recipe whose seeds were all scored with the same settings.
 
 ``--tiny``: a smoke test of the same steps on CPU: a tiny demo set (63 train clips, 12 test and 21 shifted
-clips of at most 4 s), 1 epoch (retrain_val 1), 1 fold (its job and its retrain_val job blended), 2 seeds, 1 TTA pass, the recipe ``tiny:experiment=demo``
-unless recipes are given, after checking that the presets' and self-training's overrides compose against
-conf/; in a temporary root unless ``--root`` is given. Its figures mean nothing.
+clips of at most 4 s), 1 epoch (retrain_val 1), 1 fold (its job and its retrain_val job blended: the
+entry points' start-ups, not the jobs, are most of its cost), 2 seeds, 1 TTA pass, the recipe
+``tiny:experiment=demo`` unless recipes are given, after checking that the presets' and self-training's
+overrides compose against conf/; in a temporary root unless ``--root`` is given. Its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -339,12 +340,9 @@ def members_of(jobs: dict, st: bool, seed: int, args, exp_dir: Path) -> tuple[Pa
     return train[0], train + pick(jobs, seed, "retrain_val", args.folds, exp_dir)
 
 
-def evaluate(recipe: Recipe, args, seeds: list[int], root: Path, env: dict) -> list[dict]:
-    """Train (or find) a recipe's jobs, blend and predict them, and score every cell of ``seeds``."""
-    data = root / "data" / "demo"
+def train_jobs(recipe: Recipe, args, seeds: list[int], root: Path, env: dict, log: Path) -> dict:
+    """Run (or resume) a recipe's train.py launches; its complete jobs by (seed, stage, fold)."""
     exp_dir = root / "multirun" / f"acc-{recipe.name}"
-    log = root / f"acc-{recipe.name}.log"
-    t0 = time.perf_counter()
     sweep = f"{recipe.name}-{cell_key(recipe, args)}"
     for cmd in train_commands(recipe, args, seeds):
         run_entry(cmd, env, root, log)
@@ -352,11 +350,32 @@ def evaluate(recipe: Recipe, args, seeds: list[int], root: Path, env: dict) -> l
     if args.self_train:
         for seed in seeds:
             teachers = pick(jobs, seed, "train", args.folds, exp_dir)[0].parent
-            run_entry(self_train_command(recipe, args, seed, teachers, data / SHIFTED_DIR), env, root, log)
+            run_entry(self_train_command(recipe, args, seed, teachers, root / "data" / "demo" / SHIFTED_DIR),
+                      env, root, log)
         jobs = sweep_jobs(exp_dir, sweep)
-    train_s = time.perf_counter() - t0
+    return jobs
+
+
+def score_cell(single: Path, blend_dir: Path, shifted_single: Path, shifted_blend: Path, truth: dict) -> dict:
+    """The four MAP@3 of one cell from its single job, its blend's folder and the two shifted predictions."""
+    if not equal_weights(blend_dir):
+        raise SystemExit(f"{blend_dir}: the blend weighed its members unequally; the shifted split's blend "
+                         "(predict.py's geometric mean) would differ from it")
+    labels = json.loads((single / "run.json").read_text())["labels"]
+    return {"single_test": npz_score(single / "test.npz", labels, truth["test"]),
+            "blend_test": npz_score(blend_dir / "probs.npz", labels, truth["test"]),
+            "single_shifted": npz_score(shifted_single / "probs.npz", labels, truth["shifted"]),
+            "blend_shifted": npz_score(shifted_blend / "probs.npz", labels, truth["shifted"])}
+
+
+def evaluate(recipe: Recipe, args, seeds: list[int], root: Path, env: dict) -> list[dict]:
+    """Train (or find) a recipe's jobs, blend them (blend.py) and predict the shifted folder with them
+    (predict.py), one launch each for all cells; one row per cell."""
+    data, log, t0 = root / "data" / "demo", root / f"acc-{recipe.name}.log", time.perf_counter()
+    jobs = train_jobs(recipe, args, seeds, root, env, log)
+    train_s = round(time.perf_counter() - t0, 1)
     todo = cells(args, seeds)
-    picked = [members_of(jobs, st, s, args, exp_dir) for st, s in todo]
+    picked = [members_of(jobs, st, s, args, root / "multirun" / f"acc-{recipe.name}") for st, s in todo]
     out = root / "bench_accuracy" / recipe.name / time.strftime("%Y%m%d-%H%M%S")
     run_entry(blend_command(recipe, args, [m for _, m in picked], out / "blend"), env, root, log)
     run_sets = [r for single, members in picked for r in ([single], members)]
@@ -364,18 +383,11 @@ def evaluate(recipe: Recipe, args, seeds: list[int], root: Path, env: dict) -> l
     truth = truths(data)
     rows = []
     for k, ((st, seed), (single, members)) in enumerate(zip(todo, picked)):
-        blend_dir, labels = out / "blend" / str(k), json.loads((single / "run.json").read_text())["labels"]
-        if not equal_weights(blend_dir):
-            raise SystemExit(f"{blend_dir}: the blend weighed its members unequally; the shifted split's blend "
-                             "(predict.py's geometric mean) would differ from it")
-        rows.append({
-            "recipe": recipe.name, "self_train": st, "seed": seed, "what": recipe.what,
-            "single_test": npz_score(single / "test.npz", labels, truth["test"]),
-            "blend_test": npz_score(blend_dir / "probs.npz", labels, truth["test"]),
-            "single_shifted": npz_score(out / "shifted" / str(2 * k) / "probs.npz", labels, truth["shifted"]),
-            "blend_shifted": npz_score(out / "shifted" / str(2 * k + 1) / "probs.npz", labels, truth["shifted"]),
-            "members": len(members), "single_job": str(single), "blend_dir": str(blend_dir),
-            "train_s": round(train_s, 1), "key": cell_key(recipe, args)})
+        blend_dir = out / "blend" / str(k)
+        scores = score_cell(single, blend_dir, out / "shifted" / str(2 * k), out / "shifted" / str(2 * k + 1), truth)
+        rows.append({"recipe": recipe.name, "self_train": st, "seed": seed, "what": recipe.what, **scores,
+                     "members": len(members), "single_job": str(single), "blend_dir": str(blend_dir),
+                     "train_s": train_s, "key": cell_key(recipe, args)})
     return rows
 
 
