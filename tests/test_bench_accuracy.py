@@ -17,7 +17,7 @@ SCORE = rf"{NUMBER} \({NUMBER}-{NUMBER}\)"                       # mean (min-max
 GAIN = rf"([+-]\d\.\d{{4}}) \(spread (\d\.\d{{4}})\): (gain|loss|none)"
 
 
-@pytest.mark.slow(seconds=110)
+@pytest.mark.slow(seconds=130)
 def test_accuracy(tmp_path):
     root = tmp_path / "root"
     out = run_bench("accuracy", tmp_path, "--root", str(root))
