@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # The torch trio is pinned and installed first, so pip never picks torch on its own.
 TORCH  := torch==2.11.0 torchaudio==2.11.0 torchvision==0.26.0
-FOLDS  ?= 0,1
+FOLDS  ?= 0
 # Test files run on 2 workers (pytest-xdist; a file's tests stay together on one, in order).
 PYTEST_ARGS ?= -n 2 --dist loadfile
 

@@ -1,11 +1,13 @@
 """Training throughput of the real pipeline against the model's own limit, in one process.
 
     python bench/train_throughput.py [--archs resnext101_32x4d,resnet50] [--batches 128,512] [--steps 50]
-                                     [--inputs loader,resident] [--compile off,on] [--tiny]
+                                     [--inputs loader,resident] [--compile off,on]
+                                     [--memory-format contiguous,channels_last] [--tiny]
 
-For each arch x batch size x compile it measures samples/s of
+For each arch x batch size x compile x memory format it measures samples/s of
   (a) the limit (model-only): forward + backward + SGD step on random tensors already on the device, same
-      precision (bf16 autocast on GPU) and memory format (channels_last on GPU);
+      precision (bf16 autocast on GPU) and memory format (``--memory-format``; default channels_last on a
+      GPU, as gpu.channels_last, contiguous on CPU, as cpu.channels_last=false);
   (b) the real pipeline, by input path (``--inputs``): ``loader``, the feature store -> CropDataset (crop/pad,
       specmask_concat) -> DataLoader (workers, pinned memory), or ``resident`` (``loader.resident=true``:
       the clips on the device, crops cut there in batch, fstag/train/resident_data.py), then the Lightning
@@ -13,7 +15,8 @@ For each arch x batch size x compile it measures samples/s of
 and prints (b)/(a). ``--compile on``: the backbone torch.compile'd (gpu.compile=true) in (a) and (b); its
 compilation happens in the warm-up steps and is printed as the warm-up's extra seconds. The feature store is an in-memory stand-in with FSDKaggle2018-like clip lengths
 (float16, 3x64xT), so the figure isolates the training path from disk speed.
-The module's optimiser, schedule and mixup are conf/'s (``optimizer=sgd scheduler=seed``, the seed's
+An arch with a conf/arch/<arch>.yaml is built from it (cnn_small with its kwargs), any other as a timm name,
+never with pretrained weights. The module's optimiser, schedule and mixup are conf/'s (``optimizer=sgd scheduler=seed``, the seed's
 recipe), composed by Hydra and built by ``hydra.utils.instantiate`` as train.py builds them.
 On a CPU-only machine the defaults shrink to the small CNN. ``--tiny``: the same path on CPU with the small
 CNN, batch 8, 3 timed steps over 64 clips, both input paths, no compile (seconds; a smoke test, not a
@@ -59,25 +62,36 @@ class MemoryStore:
         return len(self.clips)
 
 
-def _module(arch: str, n_classes: int, device: torch.device) -> TaggingModule:
+def _arch_config(arch: str) -> dict:
+    """conf/arch/<arch>.yaml when there is one (its kwargs, e.g. cnn_small's pool), else a timm name; no
+    pretrained weights, the seed's input BatchNorm."""
+    from fstag.core.config import CONFIG_DIR
+
+    group = [f"arch={arch}"] if (Path(CONFIG_DIR) / "arch" / f"{arch}.yaml").is_file() else ["arch=resnet50", f"arch.name={arch}"]
+    cfg = to_plain(compose_train([*RECIPE, *group]).arch)
+    return {**cfg, "pretrained": False, "pretrained_path": None, "input_norm": "bn"}
+
+
+def _module(arch: str, n_classes: int, device: torch.device, channels_last: bool) -> TaggingModule:
     cfg = compose_train(RECIPE)
-    return TaggingModule(
-        arch={"name": arch, "pretrained": False, "in_chans": 3, "input_norm": "bn"},
+    module = TaggingModule(
+        arch=_arch_config(arch),
         labels=[f"c{i}" for i in range(n_classes)],
         optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler), mixup=to_plain(cfg.mixup),
-        gpu={"channels_last": device.type == "cuda"},
+        gpu={"channels_last": channels_last}, cpu={"channels_last": channels_last},
     )
+    return module.to(memory_format=torch.channels_last) if channels_last else module
 
 
 def limit_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
-                        compile: bool = False) -> float:
-    module = _module(arch, 41, device).to(device)
-    if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
+                        compile: bool = False, channels_last: bool = False) -> float:
+    module = _module(arch, 41, device, channels_last).to(device)
     if compile:
         module.compile_model()
     opt = torch.optim.SGD(module.parameters(), lr=0.009, momentum=0.9)
     x = torch.randn(batch, 3, 64, 150, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 41, (batch,), device=device)
     for i in range(warmup + steps):
         if i == warmup:
@@ -116,16 +130,14 @@ class _StepTimer(pl.Callback):
 
 def pipeline_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
                            store: MemoryStore, num_workers: int | None, resident: bool = False,
-                           compile: bool = False) -> float:
+                           compile: bool = False, channels_last: bool = False) -> float:
     n = (warmup + steps) * batch
     idx = np.arange(n) % len(store)
     rows = Rows(index=idx, targets=np.arange(n) % 41, weights=np.ones(n, dtype=np.float32))
     aug = {"name": "specmask_concat", "specmask_concat": True, "time_mask": 30, "freq_mask": 15, "mask_value": 0.0}
     loader = {"batch_size": batch, "num_workers": num_workers, "crop_frames": 150, "pad_value": 0.0, "pin_memory": None}
     dm = (ResidentDataModule if resident else FoldDataModule)(store, rows, rows, loader, aug, on_gpu=device.type == "cuda")
-    module = _module(arch, 41, device)
-    if device.type == "cuda":
-        module = module.to(memory_format=torch.channels_last)
+    module = _module(arch, 41, device, channels_last)
     if compile:
         module.compile_model()
     timer = _StepTimer(warmup)
@@ -150,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--clips", type=int, default=2000)
     ap.add_argument("--inputs", default="loader,resident", help="input paths of the pipeline: loader, resident or both")
     ap.add_argument("--compile", default="off", help="off, on or off,on: the backbone torch.compile'd (gpu.compile)")
+    ap.add_argument("--memory-format", default=None,
+                    help="contiguous, channels_last or both (default: channels_last on a GPU, contiguous on CPU)")
     ap.add_argument("--tiny", action="store_true", help="a smoke test: CPU, cnn_small, batch 8, 3 steps, 64 clips")
     a = ap.parse_args(argv)
     if a.tiny:
@@ -160,7 +174,9 @@ def main(argv: list[str] | None = None) -> None:
     batches = [int(b) for b in (a.batches or ("128,512" if gpu else "32")).split(",")]
     inputs = a.inputs.split(",")
     compiles = [c == "on" for c in a.compile.split(",")]
-    for name, values, allowed in (("--inputs", inputs, ("loader", "resident")), ("--compile", a.compile.split(","), ("off", "on"))):
+    formats = (a.memory_format or ("channels_last" if gpu else "contiguous")).split(",")
+    for name, values, allowed in (("--inputs", inputs, ("loader", "resident")), ("--compile", a.compile.split(","), ("off", "on")),
+                                  ("--memory-format", formats, ("contiguous", "channels_last"))):
         if not values or any(v not in allowed for v in values):
             ap.error(f"{name}={','.join(values)}: choose from {', '.join(allowed)}")
     steps = a.steps or (50 if gpu else 10)
@@ -171,16 +187,18 @@ def main(argv: list[str] | None = None) -> None:
         print(TINY_NOTE)
     print(f"machine: {machine(device)}")
     print(f"recipe: {' '.join(RECIPE)} (conf/), {steps} timed steps after {a.warmup} warm-up")
-    print(f"{'arch':<18} {'batch':>5} {'compile':>7} {'input':>8} {'limit/s':>10} {'pipeline/s':>11} {'ratio':>7}")
+    print(f"{'arch':<18} {'batch':>5} {'compile':>7} {'format':>13} {'input':>8} {'limit/s':>10} {'pipeline/s':>11} {'ratio':>7}")
     for arch in archs:
         for b in batches:
             for comp in compiles:
-                lim = limit_samples_per_s(arch, b, steps, a.warmup, device, comp)
-                for path in inputs:
-                    real = pipeline_samples_per_s(arch, b, steps, a.warmup, device, store, a.num_workers,
-                                                  resident=path == "resident", compile=comp)
-                    print(f"{arch:<18} {b:>5} {'on' if comp else 'off':>7} {path:>8} {lim:>10.1f} {real:>11.1f} "
-                          f"{real / lim:>7.1%}", flush=True)
+                for fmt in formats:
+                    cl = fmt == "channels_last"
+                    lim = limit_samples_per_s(arch, b, steps, a.warmup, device, comp, cl)
+                    for path in inputs:
+                        real = pipeline_samples_per_s(arch, b, steps, a.warmup, device, store, a.num_workers,
+                                                      resident=path == "resident", compile=comp, channels_last=cl)
+                        print(f"{arch:<18} {b:>5} {'on' if comp else 'off':>7} {fmt:>13} {path:>8} {lim:>10.1f} "
+                              f"{real:>11.1f} {real / lim:>7.1%}", flush=True)
 
 
 if __name__ == "__main__":

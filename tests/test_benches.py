@@ -36,12 +36,13 @@ def test_augment_overhead(tmp_path):
 
 
 def test_train_throughput(tmp_path):
-    out = run_bench("train_throughput", tmp_path)
+    out = run_bench("train_throughput", tmp_path, "--memory-format", "contiguous,channels_last")
     assert out.count("machine: ") == 1 and "recipe: optimizer=sgd scheduler=seed" in out
-    assert re.search(r"^arch\s+batch\s+compile\s+input\s+limit/s\s+pipeline/s\s+ratio$", out, re.MULTILINE)
-    for path in ("loader", "resident"):  # both input paths (loader.resident=false|true)
-        limit, pipeline, ratio = numbers(rf"^cnn_small\s+8\s+off\s+{path}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%$", out)
-        assert limit > 0 and pipeline > 0 and ratio > 0
+    assert re.search(r"^arch\s+batch\s+compile\s+format\s+input\s+limit/s\s+pipeline/s\s+ratio$", out, re.MULTILINE)
+    for fmt in ("contiguous", "channels_last"):  # cpu.channels_last=false|true
+        for path in ("loader", "resident"):  # both input paths (loader.resident=false|true)
+            limit, pipeline, ratio = numbers(rf"^cnn_small\s+8\s+off\s+{fmt}\s+{path}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}%$", out)
+            assert limit > 0 and pipeline > 0 and ratio > 0
 
 
 def test_jobs_per_gpu(tmp_path):

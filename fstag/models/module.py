@@ -59,7 +59,7 @@ class TaggingModule(pl.LightningModule):
     carried by the checkpoint), ``frame_rate`` (feature frames per second)."""
 
     def __init__(self, arch: dict, labels: list[str], optimizer: dict, scheduler: dict, mixup: dict,
-                 gpu: dict | None = None, loss: dict | None = None, specaug: dict | None = None,
+                 gpu: dict | None = None, cpu: dict | None = None, loss: dict | None = None, specaug: dict | None = None,
                  recording: dict | None = None, mixstyle: dict | None = None, noise: dict | None = None,
                  band_stats: dict | None = None, frame_rate: float = 100.0):
         super().__init__()
@@ -91,8 +91,9 @@ class TaggingModule(pl.LightningModule):
         return self._classify(self.model.normalize(x))
 
     def _classify(self, x: torch.Tensor) -> torch.Tensor:
-        """The backbone on normalised inputs (channels_last on a GPU when gpu.channels_last)."""
-        if (self.hparams.gpu or {}).get("channels_last") and x.is_cuda:
+        """The backbone on normalised inputs (channels_last when ``gpu.channels_last`` on a GPU, or
+        ``cpu.channels_last`` on the CPU)."""
+        if ((self.hparams.gpu if x.is_cuda else self.hparams.get("cpu")) or {}).get("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model.classify(x)
 

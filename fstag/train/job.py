@@ -46,7 +46,8 @@ from fstag.train.datamodule import FoldDataModule
 from fstag.train.distributed import ranks_end_with_fit, relaunch_ranks_as_jobs
 from fstag.train.fold_data import FoldData, TrainingSetupError, load_fold_data
 from fstag.train.resident_data import fold_datamodule
-from fstag.train.lightning_parts import BestEpochMetrics, build_callbacks, build_loggers, build_trainer, on_gpu
+from fstag.train.lightning_parts import (BestEpochMetrics, build_callbacks, build_loggers, build_trainer,
+                                         channels_last, on_gpu)
 from fstag.train.retrain import parent_run, previous_init_from, start_from_parent
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def build(job: Job) -> Built:
         init_from = start_from_parent(module, parent, job.dir, write=job.lead)
         log.info("retrain_val: starting from %s", parent.best_checkpoint)
     gpu = on_gpu(cfg)
-    if gpu and cfg.gpu.channels_last:
+    if channels_last(cfg, gpu):
         module = module.to(memory_format=torch.channels_last)
     if cfg.gpu.compile:
         module.compile_model(str(cfg.gpu.get("compile_backend", "inductor")))
@@ -227,7 +228,7 @@ def build_module(cfg: DictConfig, labels: list[str], train_store, from_parent: b
     aug = to_plain(cfg.aug)
     return TaggingModule(
         arch=arch, labels=labels, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
-        mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu), loss=to_plain(cfg.get("loss")),
+        mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu), cpu=to_plain(cfg.get("cpu")), loss=to_plain(cfg.get("loss")),
         specaug=to_plain(cfg.get("specaug")), recording=aug.get("recording"), mixstyle=to_plain(cfg.get("mixstyle")),
         noise=to_plain(cfg.get("noise")), band_stats=stats, frame_rate=frame_rate_of(to_plain(cfg.features)),
     )

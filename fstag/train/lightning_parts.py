@@ -97,6 +97,12 @@ def on_gpu(cfg: DictConfig) -> bool:
     return torch.cuda.is_available() and str(cfg.trainer.accelerator) in ("auto", "gpu", "cuda")
 
 
+def channels_last(cfg: DictConfig, gpu: bool) -> bool:
+    """Whether the job trains in the channels_last memory format: ``gpu.channels_last`` on a GPU,
+    ``cpu.channels_last`` on the CPU."""
+    return bool(cfg.gpu.channels_last if gpu else (cfg.get("cpu") or {}).get("channels_last", False))
+
+
 def build_trainer(cfg: DictConfig, job_dir: Path, callbacks: list, loggers: list) -> pl.Trainer:
     """``trainer`` group -> pl.Trainer; precision null = bf16-mixed on a GPU, 32-true otherwise."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
