@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import fstag.runs.resolvers  # noqa: F401  (the ${fstag.*} resolvers of conf/, registered as the entry points do)
+from tests import warm_python
 
 REPO = Path(__file__).resolve().parent.parent
 # A tiny demo set: 3 train clips per class of the default label set, short clips.
@@ -37,10 +38,13 @@ class Project:
     root: Path
     env: dict = field(default_factory=dict)
 
-    def run(self, script: str, *args: str, check: bool = True, env: dict | None = None, timeout: float = 600):
-        """Run an entry point (``train.py``, ``-m fstag.demo_job``, ...) in the project; return the result."""
+    def run(self, script: str, *args: str, check: bool = True, env: dict | None = None, timeout: float = 600,
+            fresh: bool = False):
+        """Run an entry point (``train.py``, ``-m fstag.demo_job``, ...) in the project, in a process of its
+        own forked from a warm interpreter (tests/warm_python.py; ``fresh=True``: a new interpreter); return
+        the result, as ``subprocess.run`` does."""
         cmd = [sys.executable, *( ["-m", script[3:]] if script.startswith("-m ") else [str(REPO / script)]), *args]
-        res = subprocess.run(cmd, cwd=self.root, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+        res = warm_python.run(cmd, cwd=self.root, env={**self.env, **(env or {})}, timeout=timeout, fresh=fresh)
         if check and res.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
         return res
@@ -79,6 +83,10 @@ SLOW_TEST_S = 40
 def _estimate_s(item: pytest.Item) -> float:
     slow = item.get_closest_marker("slow")
     return 0.5 if slow is None else float(slow.kwargs.get("seconds", SLOW_TEST_S))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    warm_python.close_all()
 
 
 def pytest_configure(config: pytest.Config) -> None:
