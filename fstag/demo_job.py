@@ -2,8 +2,8 @@
 
     python -m fstag.demo_job [--folds 0] [--augs ...] [--experiment demo|demo_seed] [--jobs N] [--set key=value ...]
 
-The sweep trains the small CNN on every fold x aug (2 jobs by default: fold 0 x aug none, specmask_concat) with ``hydra/launcher=joblib``: as
-many jobs at once as ``--jobs`` (default: the launcher's, one per CPU core or GPU), each on one thread;
+The sweep trains the small CNN on every fold x aug (2 jobs by default: fold 0 x aug none, specmask_concat)
+with ``hydra/launcher=joblib``: as many jobs at once as ``--jobs`` (default: the launcher's, one per CPU core or GPU), each on one thread;
 then retrains each on its validation fold, predicts the test split with the fold-0 models, and blends
 all jobs with OOF-fitted weights. It ends by printing its wall time, the submission's test MAP@3 and the
 MLflow UI command.
