@@ -84,7 +84,9 @@ def _module(arch: str, n_classes: int, device: torch.device, channels_last: bool
 
 
 def limit_samples_per_s(arch: str, batch: int, steps: int, warmup: int, device: torch.device,
-                        compile: bool = False, channels_last: bool = False) -> float:
+                        compile: bool = False, channels_last: bool | None = None) -> float:
+    """Model-only samples/s; ``channels_last`` None: as train.py by default (on a GPU, not on the CPU)."""
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
     module = _module(arch, 41, device, channels_last).to(device)
     if compile:
         module.compile_model()
