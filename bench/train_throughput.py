@@ -62,20 +62,19 @@ class MemoryStore:
         return len(self.clips)
 
 
-def _arch_config(arch: str) -> dict:
-    """conf/arch/<arch>.yaml when there is one (its kwargs, e.g. cnn_small's pool), else a timm name; no
-    pretrained weights, the seed's input BatchNorm."""
+def _arch_group(arch: str) -> list[str]:
+    """The arch overrides: conf/arch/<arch>.yaml when there is one (its kwargs, e.g. cnn_small's pool), else
+    a timm name."""
     from fstag.core.config import CONFIG_DIR
 
-    group = [f"arch={arch}"] if (Path(CONFIG_DIR) / "arch" / f"{arch}.yaml").is_file() else ["arch=resnet50", f"arch.name={arch}"]
-    cfg = to_plain(compose_train([*RECIPE, *group]).arch)
-    return {**cfg, "pretrained": False, "pretrained_path": None, "input_norm": "bn"}
+    return [f"arch={arch}"] if (Path(CONFIG_DIR) / "arch" / f"{arch}.yaml").is_file() else ["arch=resnet50", f"arch.name={arch}"]
 
 
 def _module(arch: str, n_classes: int, device: torch.device, channels_last: bool) -> TaggingModule:
-    cfg = compose_train(RECIPE)
+    cfg = compose_train([*RECIPE, *_arch_group(arch)])  # one composition: the arch, optimiser, schedule, mixup
     module = TaggingModule(
-        arch=_arch_config(arch),
+        # no pretrained weights, the seed's input BatchNorm
+        arch={**to_plain(cfg.arch), "pretrained": False, "pretrained_path": None, "input_norm": "bn"},
         labels=[f"c{i}" for i in range(n_classes)],
         optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler), mixup=to_plain(cfg.mixup),
         gpu={"channels_last": channels_last}, cpu={"channels_last": channels_last},
