@@ -1,7 +1,8 @@
 """Whole training epochs at FSDKaggle2018's size through train.py, by input path, against the model-only time.
 
     python bench/epoch_time.py [--root /tmp/fstag_epoch_time] [--n-train 9473 --n-test 1600] [--epochs 3]
-                               [--arch resnext101_32x4d] [--aug none] [--inputs loader,resident] [--tiny]
+                               [--arch resnext101_32x4d] [--aug none] [--inputs loader,resident]
+                               [--override KEY=VALUE ...] [--tiny]
 
 Fabricates a feature cache of FSDKaggle2018's size in seconds, without audio: a train.csv of 41 labels and
 a sample_submission.csv (the Kaggle layout), and random float16 log-mel features of FSDKaggle-like lengths
@@ -11,7 +12,10 @@ Then, per input path (``loader.resident=false|true``), one real ``train.py`` job
 own experiment folder. It prints the process's wall time, the whole-epoch time (train + validation +
 checkpoints + logging: the spacing of the epochs' MLflow metrics), the time outside the epochs (start-up,
 data loading, predictions, MLflow), and the model-only time for the epoch's training clips
-(bench/train_throughput.py's limit at the same batch), with their ratio. ``--tiny``: 63 train and 12 test
+(bench/train_throughput.py's limit at the same batch), with their ratio; then where each job's time went, step by
+step (run.json's ``timings``: start-up, build, the median epoch's training, validation and what follows it
+(checkpoint writes, logging), predictions, MLflow). ``--override KEY=VALUE`` adds a train.py override to every
+run (``checkpoint.async_write=true``: checkpoints written in the background). ``--tiny``: 63 train and 12 test
 clips, fstag's small CNN, 3 epochs, the resident path only, on CPU (a smoke test; its times mean nothing).
 """
 
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--aug", default="none")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--inputs", default="loader,resident")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="one more train.py override for every run (repeatable), e.g. checkpoint.async_write=true")
     ap.add_argument("--tiny", action="store_true", help="a smoke test: 63 + 12 clips, cnn_small, resident only, CPU")
     a = ap.parse_args(argv)
     extra = []
@@ -117,13 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     uri = f"sqlite:///{a.root / 'mlflow.db'}"
     env = {**os.environ, "FSTAG_ROOT": str(a.root), "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    if a.override:
+        print(f"overrides: {' '.join(a.override)}")
     print(f"{'input':>8} {'wall s':>8} {'epoch s':>8} {'outside s':>10} {'model-only s':>13} {'epoch/model':>12}")
+    breakdowns = []
     for path in inputs:
-        exp = f"epoch_time_{path}_{a.arch}_{a.aug}_{a.epochs}"
+        exp = f"epoch_time_{path}_{a.arch}_{a.aug}_{a.epochs}" + (f"_{_digest(a.override)}" if a.override else "")
         cmd = [sys.executable, str(REPO / "train.py"), "data=fsdkaggle2018", f"data.root={a.root / 'data'}", f"exp={exp}",
                f"arch={a.arch}", f"aug={a.aug}", "fold=1", f"trainer.max_epochs={a.epochs}", f"trainer.min_epochs={a.epochs}",
                "callbacks.early_stopping.patience=1000", f"loader.batch_size={a.batch}",
-               f"loader.resident={'true' if path == 'resident' else 'false'}", "trainer.enable_progress_bar=false", *extra]
+               f"loader.resident={'true' if path == 'resident' else 'false'}", "trainer.enable_progress_bar=false", *extra,
+               *a.override]
         start = time.perf_counter()
         res = subprocess.run(cmd, cwd=a.root, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -135,6 +145,38 @@ def main(argv: list[str] | None = None) -> None:
         model = n_rows / rate
         print(f"{path:>8} {wall:>8.1f} {epoch:>8.2f} {wall - epoch * a.epochs:>10.1f} {model:>13.2f} {epoch / model:>11.2f}x",
               flush=True)
+        breakdowns.append((path, job_timings(a.root / "multirun" / exp)))
+    print_breakdown(breakdowns)
+
+
+# run.json's timings (fstag.train.timings), in the order a job spends them
+STEPS = ("startup", "prepare", "build", "fit_setup", "epoch_train", "epoch_validation", "epoch_after_validation",
+         "best_weights", "predict", "finish")
+
+
+def _digest(items: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(items).encode()).hexdigest()[:8]
+
+
+def job_timings(exp_dir: Path) -> dict:
+    """The ``timings`` of the one job under ``exp_dir``."""
+    import json
+
+    found = sorted(exp_dir.rglob("run.json"))
+    if len(found) != 1:
+        raise SystemExit(f"expected one run.json under {exp_dir}, found {len(found)}")
+    return json.loads(found[0].read_text()).get("timings") or {}
+
+
+def print_breakdown(rows: list[tuple[str, dict]]) -> None:
+    """Where each job's time went: seconds per step (epoch_*: the median epoch's spans)."""
+    print("where the time went, s (run.json timings; epoch_*: the median epoch):")
+    print(f"{'step':>24} " + " ".join(f"{path:>9}" for path, _ in rows))
+    for step in STEPS:
+        vals = [t.get(step) for _, t in rows]
+        print(f"{step:>24} " + " ".join(f"{v:>9.2f}" if v is not None else f"{'-':>9}" for v in vals))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,11 @@
 #   jobs        bench/jobs_per_gpu.py: K = 1, 2, 4, 8 model-only processes at once (launcher.jobs_per_gpu)
 #   epochs      bench/epoch_time.py: 3 whole train.py epochs at FSDKaggle2018's size (9,473 + 1,600 clips of
 #               fabricated features), resnext101_32x4d, loader vs resident, against the model-only time
-#   preprocess  bench/preprocess.py --device cuda: 1,000 clips of 7 s, the seed (as written, BLAS pinned)
-#               against preprocess.py on the GPU
+#   preprocess  bench/preprocess.py --device cuda: 1,000 and 3,000 clips of 7 s, the seed with BLAS pinned against
+#               preprocess.py on the GPU, each line extrapolated to FSDKaggle2018's 18,873 clips
+#   checkpoints bench/checkpoint_write.py --device cuda: Lightning's writer vs fstag's, sync and async
 #   compile     bench/train_throughput.py, resnet50 batch 128 resident, gpu.compile off vs on
+#   epochs_async  bench/epoch_time.py, resident only, checkpoint.async_write=true (against the epochs step)
 # Files back (the device tool returns at most 8): $OUT/summary.txt (each step's result lines and status)
 # and $OUT/steps.log (every step's whole output).
 set -u
@@ -28,7 +30,7 @@ START=$(date +%s)
 SUMMARY=$OUT/summary.txt
 LOG=$OUT/steps.log
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-steps=${*:-"install gpu_tests throughput jobs epochs preprocess compile"}
+steps=${*:-"install gpu_tests throughput jobs epochs preprocess checkpoints compile epochs_async"}
 echo "gpu_session $(date -u +%FT%TZ) steps: $steps; git $(git rev-parse --short HEAD 2>/dev/null)" | tee "$SUMMARY"
 
 # step NAME TIMEOUT_S COMMAND...: run under min(TIMEOUT_S, budget left); its output to steps.log, its
@@ -44,7 +46,7 @@ step() {
   timeout -k 10 "$t" "$@" > "$OUT/.step.txt" 2>&1
   local rc=$?
   cat "$OUT/.step.txt" >> "$LOG"
-  grep -E "^(machine|recipe|data|arch|input|cnn_small|resnet|resnext|  K|\s+[0-9]+ |.*clips/s|.*speed-up|.*passed|.*failed|.*skipped|SKIPPED|FAILED|ERROR|auto|GPU|nvidia)" \
+  grep -E "^(machine|recipe|data|arch|input|overrides|where|\s+step|\s+[a-z_]+\s+-?[0-9.]+\s|cnn_small|resnet|resnext|  K|\s+[0-9]+ |.*clips/s|.*speed-up|.*passed|.*failed|.*skipped|SKIPPED|FAILED|ERROR|auto|GPU|nvidia)" \
     "$OUT/.step.txt" | grep -v "^GPU available" >> "$SUMMARY"
   echo "== $name rc=$rc $(( $(date +%s) - s )) s$([ $rc = 124 ] && echo ' (TIMED OUT)')" | tee -a "$SUMMARY"
   rm -f "$OUT/.step.txt"
@@ -62,6 +64,8 @@ step gpu_tests 110 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_featur
 step throughput 130 $PY bench/train_throughput.py --archs resnext101_32x4d,resnet50 --batches 128,512 --inputs loader,resident --steps 30
 step jobs 90 $PY bench/jobs_per_gpu.py --jobs 1,2,4,8 --arch resnext101_32x4d --batch 128 --steps 40
 step epochs 170 $PY bench/epoch_time.py --root /tmp/fstag_epoch_time --epochs 3 --arch resnext101_32x4d --inputs loader,resident
-step preprocess 120 $PY bench/preprocess.py --n-clips 1000 --seconds 7 --device cuda --data-dir /tmp/fstag_pre_clips
+step preprocess 170 $PY bench/preprocess.py --n-clips 1000,3000 --seconds 7 --device cuda --no-as-written --data-dir /tmp/fstag_pre_clips
+step checkpoints 60 $PY bench/checkpoint_write.py --device cuda --archs resnext101_32x4d,resnet50 --writes 5
 step compile 150 $PY bench/train_throughput.py --archs resnet50 --batches 128 --inputs resident --compile off,on --steps 30
+step epochs_async 120 $PY bench/epoch_time.py --root /tmp/fstag_epoch_time --epochs 3 --arch resnext101_32x4d --inputs resident --override checkpoint.async_write=true
 echo "gpu_session done in $(( $(date +%s) - START )) s" | tee -a "$SUMMARY"

@@ -1,7 +1,7 @@
 """Preprocessing benchmark: the seed's way (librosa per file in a process pool) against preprocess.py.
 
-    python bench/preprocess.py [--n-clips 1000] [--seconds 7] [--workers N] [--data-dir DIR]
-                               [--device cpu|cuda] [--no-pinned-seed] [--tiny]
+    python bench/preprocess.py [--n-clips 1000 | --n-clips 500,2000 [--full 18873]] [--seconds 7] [--workers N]
+                               [--data-dir DIR] [--device cpu|cuda] [--no-as-written] [--no-pinned-seed] [--tiny]
 
 Writes ``--n-clips`` clips of about ``--seconds`` s (44.1 kHz 16-bit wav, the demo generator's instrument
 recordings; reused when ``--data-dir`` already holds them), then times, each in a fresh process with its
@@ -14,9 +14,12 @@ start-up (interpreter, imports, pool creation) included, on the same files:
     thread per worker (the seed at its best);
 (b) ``python preprocess.py data=fsdkaggle2018 data.root=<clips>`` into a fresh feature folder.
 
-Prints wall times, clips/s, the ratios and the machine. ``--tiny``: the same runs on 24 clips of 1 s on
-CPU, without the pinned seed run (the same command with other environment variables); a smoke test of
-half a minute where start-up dominates, so its ratios mean nothing.
+Prints wall times, clips/s, the ratios and the machine. With several counts (``--n-clips 500,2000``: the
+first 500 of the 2000 clips in a data root of their own), each method runs at each count, and a line through
+its times separates its start-up from its steady rate and extrapolates to ``--full`` clips (FSDKaggle2018's
+18,873 train + test clips; at 1,000 clips start-up weighs much). ``--tiny``: the same runs at 12 and 24 clips
+of 1 s on CPU, without the pinned seed run (the same command with other environment variables); a smoke
+test where start-up dominates, so its ratios mean nothing.
 """
 
 from __future__ import annotations
@@ -122,9 +125,34 @@ def max_difference(scratch: Path, files: list[str]) -> float:
     return worst
 
 
+def subset_root(data_dir: Path, files: list[str], n: int, root: Path) -> Path:
+    """A data root of the first ``n`` clips of ``data_dir`` (its audio folders linked, its CSVs cut to them)."""
+    import pandas as pd
+
+    keep = {os.path.basename(f) for f in files[:n]}
+    root.mkdir(parents=True, exist_ok=True)
+    for name, csv in (("audio_train", "train.csv"), ("audio_test", "sample_submission.csv")):
+        (root / name).symlink_to(data_dir / name)
+        table = pd.read_csv(data_dir / csv)
+        table[table["fname"].isin(keep)].to_csv(root / csv, index=False)
+    return root
+
+
+def fit_line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """``(start-up s, clips/s)`` of the least-squares line seconds = start-up + clips / rate."""
+    import numpy as np
+
+    n, t = np.array([p[0] for p in points], dtype=float), np.array([p[1] for p in points], dtype=float)
+    slope, intercept = np.polyfit(n, t, 1)
+    return float(intercept), float(1.0 / slope) if slope > 0 else float("inf")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n-clips", type=int, default=1000)
+    ap.add_argument("--n-clips", default="1000", help="clips per run; several (500,2000): each method at each count, "
+                    "and a line through them (start-up + clips/s) extrapolated to --full")
+    ap.add_argument("--full", type=int, default=18873, help="the count to extrapolate to (FSDKaggle2018's train + test clips)")
+    ap.add_argument("--no-as-written", action="store_true", help="skip the seed run as written (BLAS free: slow)")
     ap.add_argument("--seconds", type=float, default=7.0)
     ap.add_argument("--workers", type=int, default=None, help="seed pool size and preprocess threads (default: all cores)")
     ap.add_argument("--data-dir", type=Path, default=None, help="where the clips are written (default: a temporary folder)")
@@ -137,38 +165,61 @@ def main(argv: list[str] | None = None) -> None:
         seed_run(a.seed_run[0], a.seed_run[1], int(a.seed_run[2]))
         return
     if a.tiny:  # one clip per label of the demo's 21, plus a test clip and two more; the seed run once
-        a.n_clips, a.seconds, a.device, a.no_pinned_seed = 24, 1.0, "cpu", True
+        a.n_clips, a.seconds, a.device, a.no_pinned_seed = "12,24", 1.0, "cpu", True
         print("TINY RUN (--tiny: a smoke test on tiny inputs; do not quote these numbers)", flush=True)
 
     sys.path.insert(0, str(REPO))
+    counts = sorted({int(c) for c in str(a.n_clips).split(",")})
     workers = a.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     scratch = Path(tempfile.mkdtemp(prefix="fstag-bench-"))
     try:
-        data_dir = a.data_dir or scratch / "data"
-        files = ensure_clips(data_dir.resolve(), a.n_clips, a.seconds)
-        n = len(files)
-        (scratch / "files.txt").write_text("\n".join(files))
-        seed_cmd = [sys.executable, __file__, "--seed-run", str(scratch / "files.txt"), str(scratch / "npy"), str(workers)]
-        runs: dict[str, float] = {}
-        print(f"{n} clips of ~{a.seconds:g} s in {data_dir}; {workers} workers", flush=True)
-
-        (scratch / "npy").mkdir()
-        runs["seed (librosa per file, Pool, as written)"] = timed(seed_cmd)
-        if not a.no_pinned_seed:
-            shutil.rmtree(scratch / "npy")
-            (scratch / "npy").mkdir()
-            runs["seed, BLAS pinned to 1 thread per worker"] = timed(seed_cmd, PIN_ENV)
-        ours = [sys.executable, str(REPO / "preprocess.py"), "data=fsdkaggle2018", f"data.root={data_dir.resolve()}",
-                f"data.features_dir={scratch / 'features'}", f"preprocess.device={a.device}",
-                f"preprocess.num_workers={workers}", "preprocess.progress=false"]
-        runs["preprocess.py"] = timed(ours, {"FSTAG_ROOT": str(scratch)})
+        data_dir = (a.data_dir or scratch / "data").resolve()
+        all_files = ensure_clips(data_dir, counts[-1], a.seconds)
+        print(f"{len(all_files)} clips of ~{a.seconds:g} s in {data_dir}; {workers} workers; runs of {', '.join(map(str, counts))} clips",
+              flush=True)
+        methods = ([] if a.no_as_written else ["seed (librosa per file, Pool, as written)"]) + \
+            ([] if a.no_pinned_seed else ["seed, BLAS pinned to 1 thread per worker"]) + ["preprocess.py"]
+        times: dict[str, list[tuple[int, float]]] = {m: [] for m in methods}
+        worst = float("nan")
+        for n in counts:
+            files = all_files[:n]
+            root = data_dir if n == len(all_files) else subset_root(data_dir, all_files, n, scratch / f"subset_{n}")
+            out = scratch / f"run_{n}"
+            (out / "npy").mkdir(parents=True)
+            (out / "files.txt").write_text("\n".join(files))
+            seed_cmd = [sys.executable, __file__, "--seed-run", str(out / "files.txt"), str(out / "npy"), str(workers)]
+            for name in methods:
+                if name.startswith("seed"):
+                    shutil.rmtree(out / "npy")
+                    (out / "npy").mkdir()
+                    seconds = timed(seed_cmd, PIN_ENV if "pinned" in name else None)
+                else:
+                    seconds = timed([sys.executable, str(REPO / "preprocess.py"), "data=fsdkaggle2018", f"data.root={root}",
+                                     f"data.features_dir={out / 'features'}", f"preprocess.device={a.device}",
+                                     f"preprocess.num_workers={workers}", "preprocess.progress=false"], {"FSTAG_ROOT": str(out)})
+                times[name].append((n, seconds))
+            worst = max_difference(out, files[:5])
 
         print(f"machine: {machine(a.device)}")
-        print(f"  max |seed - preprocess.py| over 5 clips (float16 cache): {max_difference(scratch, files[:5]):.3f}")
-        for name, seconds in runs.items():
-            print(f"  {name:44s} {seconds:7.2f} s  {n / seconds:7.1f} clips/s")
-        for name, seconds in list(runs.items())[:-1]:
-            print(f"  speed-up of preprocess.py over {name}: {seconds / runs['preprocess.py']:.2f}x")
+        print(f"  max |seed - preprocess.py| over 5 clips (float16 cache): {worst:.3f}")
+        for name, points in times.items():
+            for n, seconds in points:
+                print(f"  {name:44s} {n:6d} clips {seconds:7.2f} s  {n / seconds:7.1f} clips/s")
+        ours = times["preprocess.py"]
+        for name, points in list(times.items())[:-1]:
+            print(f"  speed-up of preprocess.py over {name}: {points[-1][1] / ours[-1][1]:.2f}x at {counts[-1]} clips")
+        if len(counts) > 1:  # start-up and steady rate from the counts, and what that makes the full data set
+            print(f"  a line through the {len(counts)} counts, extrapolated to {a.full} clips:")
+            full = {}
+            for name, points in times.items():
+                startup, rate = fit_line(points)
+                full[name] = startup + a.full / rate
+                print(f"  {name:44s} start-up {startup:6.2f} s, {rate:7.1f} clips/s -> {full[name]:7.1f} s")
+                if rate == float("inf"):
+                    print(f"  ({name}: the larger count was not slower; use counts further apart)")
+            for name in list(times)[:-1]:
+                ratio = full[name] / full["preprocess.py"] if full["preprocess.py"] > 0 else float("nan")
+                print(f"  speed-up of preprocess.py over {name}: {ratio:.2f}x at {a.full} clips (extrapolated)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

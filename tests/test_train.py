@@ -48,6 +48,15 @@ def test_multirun_writes_two_jobs_and_mlflow_runs(swept):
         # checkpoints reload with torch's default weights_only=True
         ckpt = torch.load(job / "checkpoints" / "best.ckpt", map_location="cpu")
         assert ckpt["hyper_parameters"]["labels"] == info["labels"]
+        # checkpoint.best_weights_only: best.ckpt without the optimizer state; last.ckpt whole, for resuming
+        last = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+        assert "optimizer_states" not in ckpt and last["optimizer_states"] and ckpt["epoch"] <= last["epoch"] == 1
+        # where the job's time went (fstag.train.timings): its steps, and the spans of its 2 epochs
+        t = info["timings"]
+        assert {"startup", "prepare", "build", "fit", "best_weights", "predict", "finish", "fit_setup"} <= set(t)
+        assert t["epochs"] == 2 and min(v for v in t.values() if v is not None) >= 0
+        spans = t["epoch_train"] + t["epoch_validation"] + t["epoch_after_validation"]
+        assert spans == pytest.approx(t["epoch"], abs=0.01) and t["epoch"] * 2 <= t["fit"]
     runs = _runs_by_name(swept.tracking_uri)
     client = MlflowClient(swept.tracking_uri)
     for k in (0, 1):
@@ -60,6 +69,7 @@ def test_multirun_writes_two_jobs_and_mlflow_runs(swept):
             history = client.get_metric_history(run.info.run_id, metric)
             assert len(history) == 2, (metric, history)  # one value per epoch
         assert 0.0 <= run.data.metrics["val_map3"] <= 1.0
+        assert run.data.metrics["time_fit_s"] > 0 and run.data.metrics["time_epochs"] == 2
         assert run.data.tags["fstag.run_dir"].endswith(f"cnn_small/none/default/fold_{k}")
         assert run.data.tags["fstag.variant"] == "default"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

@@ -47,7 +47,7 @@ BOOKKEEPING = (
     "resume", "force", "loader.num_workers", "loader.pin_memory", "trainer.enable_progress_bar", "mlflow", "paths",
     "job_dir", "variant", "hydra", "optimized_metric", "predict.batch_size", "stage.parent", "logger",
     "callbacks.progress_bar", "callbacks.lr_monitor", "sweep_name", "launcher", "loader.resident",
-    "cpu.channels_last",
+    "cpu.channels_last", "checkpoint",
 )
 # Where the data is (its content counts through the train.csv digest and the feature key).
 DATA_LOCATION = ("data.root", "data.features_dir", "data.generate", "data.demo")

@@ -6,10 +6,12 @@ the job's other overrides, see fstag.runs.identity) holds:
 - ``config.yaml``   the job's resolved config (Hydra's own copy is under ``.hydra/``)
 - ``mlflow_run_id`` the job's MLflow run id (written when the run opens)
 - ``identity.json`` the config digest that decides whether a rerun may reuse the directory
-- ``checkpoints/best.ckpt`` (best by val_acc1) and ``checkpoints/last.ckpt``
+- ``checkpoints/best.ckpt`` (best by val_acc1: weights, hyper-parameters, epoch; with the optimizer state when
+                    ``checkpoint.best_weights_only=false``) and ``checkpoints/last.ckpt`` (the whole state)
 - ``run.json``      identity: arch, aug, fold, stage, variant, name, labels, feature key and config, fold
                     split (``fold_split``: n_splits, seed, train.csv sha256, digest), MLflow ids, best
-                    val_acc1 and the best epoch's validation metrics, ``complete``
+                    val_acc1 and the best epoch's validation metrics, ``timings`` (where the job's time went:
+                    fstag.train.timings), ``complete``
 - ``oof.npz``       out-of-fold predictions: ``fnames``, ``probs`` (N, C) float32, ``targets`` (N,) int64.
                     A retrain_val job trained on its fold, so it carries its parent's OOF (``oof_source``
                     in run.json says so).

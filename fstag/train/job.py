@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from fstag.train.resident_data import fold_datamodule
 from fstag.train.lightning_parts import (BestEpochMetrics, build_callbacks, build_loggers, build_trainer,
                                          channels_last, on_gpu)
 from fstag.train.retrain import parent_run, previous_init_from, start_from_parent
+from fstag.train.timings import EpochTimes, StepTimes
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +99,23 @@ class JobPredictions:
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Run one job to completion (or resume it); return its run.json contents. Under DDP every process
     trains; rank 0 alone writes the job's files and its one MLflow run (other ranks return ``{}``)."""
-    job, done = prepare(cfg)
+    times = StepTimes()
+    with times.step("prepare"):
+        job, done = prepare(cfg)
     if done is not None:
         return done
-    built = build(job)
-    fit(built)
+    with times.step("build"):
+        built = build(job)
+    with times.step("fit"):
+        fit(built)
     if not built.trainer.is_global_zero:
         return {}
-    best_ckpt = load_best_weights(job, built)
-    predictions = predict(job, built)
-    return finish(job.dir, record(job, built, predictions, best_ckpt))
+    with times.step("best_weights"):
+        best_ckpt = load_best_weights(job, built)
+    with times.step("predict"):
+        predictions = predict(job, built)
+    epochs = next((c for c in built.trainer.callbacks if isinstance(c, EpochTimes)), None)
+    return finish(job.dir, record(job, built, predictions, best_ckpt, times.as_dict(epochs)))
 
 
 def optimized_value(info: dict, metric: str) -> float:
@@ -320,7 +329,7 @@ def predict_clips(module: TaggingModule, store, fnames: list[str], cfg: DictConf
 
 
 # 5. record and finish -------------------------------------------------------------------------------
-def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict) -> dict:
+def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict, timings: dict | None = None) -> dict:
     """Write run.json (``complete: false``): from here a crash is repaired by rerunning the same command,
     which finishes the run instead of retraining it."""
     cfg, trainer, data = job.cfg, built.trainer, built.data
@@ -343,7 +352,7 @@ def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict) -> dict:
         "oof_acc1": top1_accuracy(p.oof_probs, p.oof_targets), "oof_source": p.oof_source,
         "epochs_trained": int(trainer.current_epoch), "best_epoch": int(best_ckpt.get("epoch", -1)),
         "test_missing": p.test_missing, "world_size": int(trainer.world_size), "device_lease": current_lease(),
-        "complete": False,
+        "timings": timings or {}, "complete": False,
     }
     if built.self_train is not None:
         info["self_train"] = built.self_train
@@ -358,6 +367,7 @@ def finish(job_dir: Path, info: dict) -> dict:
 
     run = RunDir(job_dir, info)
     run_id, run_name = str(info["mlflow_run_id"]), str(info.get("mlflow_run_name") or run.name)
+    t0 = time.perf_counter()
     client = MlflowClient(str(info["mlflow_tracking_uri"]))
     client.update_run(run_id, status="RUNNING")
     best_acc = float(info["best_val_acc1"])
@@ -369,8 +379,11 @@ def finish(job_dir: Path, info: dict) -> dict:
     client.log_metric(run_id, "oof_map3", float(info["oof_map3"]))
     client.log_metric(run_id, "oof_acc1", float(info["oof_acc1"]))
     client.log_metric(run_id, "epochs_trained", int(info.get("epochs_trained", -1)))
+    for k, v in (info.get("timings") or {}).items():  # where the job's time went (fstag.train.timings)
+        if v is not None:
+            client.log_metric(run_id, f"time_{k}" if k == "epochs" else f"time_{k}_s", float(v))
     done = {**info, "complete": True}
-    client.log_dict(run_id, done, RUN_JSON)  # the artifact is the run.json this job ends with
+    client.log_dict(run_id, done, RUN_JSON)  # the artifact is the run.json this job ends with (less timings.finish)
     for name in (CONFIG_YAML, OOF_NPZ, TEST_NPZ):
         client.log_artifact(run_id, str(job_dir / name))
     if info.get("self_train"):  # the pseudo-labels: counts as metrics, pseudo_labels.csv as an artifact
@@ -384,6 +397,8 @@ def finish(job_dir: Path, info: dict) -> dict:
     oof = run.oof()
     log_class_report(client, run_id, oof.probs, oof.targets, list(info["labels"]), job_dir / REPORTS_DIR, title=run_name)
     client.set_terminated(run_id, "FINISHED")
+    if "timings" in done:
+        done["timings"] = {**done["timings"], "finish": round(time.perf_counter() - t0, 3)}
     write_json_atomic(job_dir / RUN_JSON, done)
     log.info("%s done: best val_acc1 %.4f, OOF MAP@3 %.4f -> %s", run_name, best_acc, float(info["oof_map3"]), job_dir)
     return done

@@ -15,7 +15,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fstag.core.config import to_plain
 from fstag.runs.run_dir import CHECKPOINT_DIR
+from fstag.train.checkpoint_io import checkpoint_io
+from fstag.train.timings import EpochTimes
 
 CHECKPOINT_KEYS = ("model_checkpoint", "last_checkpoint")
 
@@ -61,7 +64,7 @@ def is_retrain(cfg: DictConfig) -> bool:
 
 
 def build_callbacks(cfg: DictConfig, job_dir: Path) -> list[pl.Callback]:
-    """``callbacks`` group -> Lightning callbacks, plus BestEpochMetrics (what run.json reports)."""
+    """``callbacks`` group -> Lightning callbacks, plus BestEpochMetrics and EpochTimes (what run.json reports)."""
     from pytorch_lightning.callbacks import EarlyStopping, ProgressBar
 
     callbacks: list[pl.Callback] = []
@@ -69,6 +72,8 @@ def build_callbacks(cfg: DictConfig, job_dir: Path) -> list[pl.Callback]:
         kwargs: dict[str, Any] = {}
         if key in CHECKPOINT_KEYS:
             kwargs["dirpath"] = str(job_dir / CHECKPOINT_DIR)
+        if key == "model_checkpoint" and "save_weights_only" not in node:
+            kwargs["save_weights_only"] = bool((cfg.get("checkpoint") or {}).get("best_weights_only", True))
         cb = instantiate(node, **kwargs)
         if isinstance(cb, EarlyStopping) and is_retrain(cfg):
             cb.patience = int(cfg.retrain.patience)
@@ -77,6 +82,7 @@ def build_callbacks(cfg: DictConfig, job_dir: Path) -> list[pl.Callback]:
         callbacks.append(cb)
     monitor = str(cfg.callbacks.model_checkpoint.monitor) if cfg.callbacks.get("model_checkpoint") else "val_acc1"
     callbacks.append(BestEpochMetrics(monitor))
+    callbacks.append(EpochTimes())  # run.json's timings (fstag.train.timings)
     return callbacks
 
 
@@ -104,10 +110,14 @@ def channels_last(cfg: DictConfig, gpu: bool) -> bool:
 
 
 def build_trainer(cfg: DictConfig, job_dir: Path, callbacks: list, loggers: list) -> pl.Trainer:
-    """``trainer`` group -> pl.Trainer; precision null = bf16-mixed on a GPU, 32-true otherwise."""
+    """``trainer`` group -> pl.Trainer; precision null = bf16-mixed on a GPU, 32-true otherwise; checkpoints
+    written as ``checkpoint.*`` says (fstag.train.checkpoint_io) unless ``trainer.plugins`` names a CheckpointIO."""
     t = OmegaConf.to_container(cfg.trainer, resolve=True)
     if t.get("precision") is None:
         t["precision"] = "bf16-mixed" if on_gpu(cfg) else "32-true"
     if is_retrain(cfg):
         t["max_epochs"], t["min_epochs"] = int(cfg.retrain.max_epochs), int(cfg.retrain.min_epochs)
-    return instantiate(t, default_root_dir=str(job_dir), callbacks=callbacks, logger=loggers or False)
+    plugins = list(t.pop("plugins", None) or [])
+    if not any(isinstance(p, dict) and "CheckpointIO" in str(p.get("_target_", "")) for p in plugins):
+        plugins.append(checkpoint_io(to_plain(cfg.get("checkpoint"))))  # checkpoint.*: how they are written
+    return instantiate(t, default_root_dir=str(job_dir), callbacks=callbacks, logger=loggers or False, plugins=plugins)
