@@ -19,7 +19,11 @@ def test_demo_job_end_to_end(tmp_path):
     project = Project(root=tmp_path, env=make_env(tmp_path))
     sets = [a for x in TINY_DEMO for a in ("--set", x)]
     train_sets = [a for x in TINY_OVERRIDES for a in ("--train-set", x)]
-    res = project.run("-m fstag.demo_job", "--folds", "0,1", "--augs", "none", *sets, *train_sets, timeout=900)
+    # --jobs 1: the sweeps' jobs one after the other in their train.py process. `make demo` runs them two at a
+    # time (hydra/launcher=joblib, below); on tiny jobs the workers' own start-up would be most of this test
+    # (198 against 145 CPU-s), and the joblib sweep runs for real in tests/test_train.py.
+    res = project.run("-m fstag.demo_job", "--jobs", "1", "--folds", "0,1", "--augs", "none", *sets, *train_sets,
+                      timeout=900)
     out = res.stdout
 
     submission = tmp_path / "submissions" / "demo.csv"
@@ -48,3 +52,14 @@ def test_demo_job_end_to_end(tmp_path):
             "&orderByKey=metrics.%60best_val_map3%60&orderByAsc=false") in out
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {f"cnn_small/none/{variant['']}/fold_0", f"cnn_small/none/{variant['_r']}/fold_1_r", "blend/demo"} <= names
+
+
+def test_the_demo_jobs_sweeps_run_as_many_jobs_at_once_as_asked():
+    from fstag.demo_job import _launcher
+
+    assert _launcher("auto") == ["hydra/launcher=joblib"]  # make demo: one job per core (or GPU)
+    assert _launcher("3") == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"]
+    assert _launcher("1") == []  # Hydra's basic launcher: one after the other
+    for bad in ("0", "two"):
+        with pytest.raises(SystemExit, match=f"--jobs {bad}: auto or a positive number"):
+            _launcher(bad)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -58,7 +59,7 @@ def iter_features(
     """``(features, None)`` or ``(None, reason)`` for each path, in order.
 
     A pool of ``num_workers`` threads (default: all cores) does all the work, a chunk at a time:
-    decoding, trimming and resampling each clip of the next chunk (libsndfile and soxr release the
+    decoding, trimming and resampling each clip of the next two chunks (libsndfile and soxr release the
     GIL), and computing the current chunk's features in batches of clips of similar length (sorted,
     so that little padding is computed; at most ``batch_size`` clips and ``max_batch_seconds`` of
     padded audio). ``batch_size=None``: 2 on CPU, 32 on CUDA. On CPU small batches are fastest:
@@ -72,7 +73,11 @@ def iter_features(
     workers = num_workers or default_workers()
     chunks = [list(paths[i : i + chunk_size]) for i in range(0, len(paths), chunk_size)]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fstag-features")
-    pending = [pool.submit(_load_or_reason, Path(p), cfg) for p in chunks[0]] if chunks else []
+
+    def decode(k: int) -> list:
+        return [pool.submit(_load_or_reason, Path(p), cfg) for p in chunks[k]]
+
+    pending = deque(decode(k) for k in range(min(2, len(chunks))))  # two chunks ahead (see below)
     torch_threads = None
     try:
         import torch  # only now: importing it (~1.5 s) overlaps with the first chunk's decoding
@@ -84,14 +89,17 @@ def iter_features(
         if extractor.device.type == "cpu" and workers > 1:
             torch.set_num_threads(1)
         for k in range(len(chunks)):
-            loaded = [f.result() for f in pending]
-            if k + 1 < len(chunks):
-                pending = [pool.submit(_load_or_reason, Path(p), cfg) for p in chunks[k + 1]]
+            # The pool's queue runs: decode k+1 | features k | decode k+2 | features k+1 | ... so this chunk's
+            # features fill the threads that the last clips of chunk k+1 leave idle, and chunk k+2's decoding
+            # keeps them busy while this thread hands chunk k on (with one chunk ahead they waited for that).
+            loaded = [f.result() for f in pending.popleft()]
             ok = [i for i, w in enumerate(loaded) if isinstance(w, np.ndarray)]
             lengths = [w.shape[-1] if isinstance(w, np.ndarray) else 0 for w in loaded]
             ok.sort(key=lengths.__getitem__)
             jobs = [(idx, pool.submit(extractor, [loaded[i] for i in idx], dtype))
                     for idx in _batches(ok, lengths, batch_size, max_samples)]
+            if k + 2 < len(chunks):
+                pending.append(decode(k + 2))
             feats: list[np.ndarray | None] = [None] * len(loaded)
             for idx, job in jobs:
                 for i, arr in zip(idx, job.result()):
