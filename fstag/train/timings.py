@@ -50,8 +50,7 @@ class StepTimes:
         try:
             yield
         finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) or 0.0
-            self.seconds[name] += time.perf_counter() - t0
+            self.seconds[name] = (self.seconds.get(name) or 0.0) + time.perf_counter() - t0
 
     def as_dict(self, epochs: "EpochTimes | None" = None) -> dict[str, float | int | None]:
         out = {k: (None if v is None else round(v, 3)) for k, v in self.seconds.items()}
