@@ -46,7 +46,7 @@ step() {
   timeout -k 10 "$t" "$@" > "$OUT/.step.txt" 2>&1
   local rc=$?
   cat "$OUT/.step.txt" >> "$LOG"
-  grep -E "^(machine|recipe|data|arch|input|overrides|where|\s+step|\s+[a-z_]+\s+-?[0-9.]+\s|cnn_small|resnet|resnext|  K|\s+[0-9]+ |.*clips/s|.*speed-up|.*passed|.*failed|.*skipped|SKIPPED|FAILED|ERROR|auto|GPU|nvidia)" \
+  grep -E "^(machine|recipe|data|arch|input|overrides|where|\s+step|\s*(loader|resident)\s|\s+[a-z_]+(\s+(-?[0-9.]+|-))+$|cnn_small|resnet|resnext|  K|\s+[0-9]+ |.*clips/s|.*speed-up|.*passed|.*failed|.*skipped|SKIPPED|FAILED|ERROR|auto|GPU|nvidia)" \
     "$OUT/.step.txt" | grep -v "^GPU available" >> "$SUMMARY"
   echo "== $name rc=$rc $(( $(date +%s) - s )) s$([ $rc = 124 ] && echo ' (TIMED OUT)')" | tee -a "$SUMMARY"
   rm -f "$OUT/.step.txt"
