@@ -115,8 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     fabricate(a.root / "data", a.n_train, a.n_test)
     print(f"machine: {machine(device)}")
+    trained = "cnn_small (arch.name)" if a.tiny else a.arch
     print(f"data: {a.n_train} train + {a.n_test} test clips of random features, fabricated in "
-          f"{time.perf_counter() - t0:.1f} s; {"cnn_small (arch.name)" if a.tiny else a.arch} aug={a.aug} fold=1, batch {a.batch}, {a.epochs} epochs")
+          f"{time.perf_counter() - t0:.1f} s; {trained} aug={a.aug} fold=1, batch {a.batch}, {a.epochs} epochs")
     from bench.train_throughput import limit_samples_per_s
 
     rate = limit_samples_per_s("cnn_small" if a.tiny else a.arch, a.batch, 2 if a.tiny else 30, 1 if a.tiny else 5, device)
