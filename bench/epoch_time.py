@@ -162,13 +162,13 @@ def _digest(items: list[str]) -> str:
 
 
 def job_timings(exp_dir: Path) -> dict:
-    """The ``timings`` of the one job under ``exp_dir``."""
-    import json
+    """The ``timings`` of the one job under ``exp_dir`` (its run.json, read as fstag.runs.run_dir reads it)."""
+    from fstag.runs.run_dir import RUN_JSON, RunDir
 
-    found = sorted(exp_dir.rglob("run.json"))
+    found = sorted(exp_dir.rglob(RUN_JSON))
     if len(found) != 1:
-        raise SystemExit(f"expected one run.json under {exp_dir}, found {len(found)}")
-    return json.loads(found[0].read_text()).get("timings") or {}
+        raise SystemExit(f"expected one {RUN_JSON} under {exp_dir}, found {len(found)}")
+    return RunDir.open(found[0].parent).info.get("timings") or {}
 
 
 def print_breakdown(rows: list[tuple[str, dict]]) -> None:
