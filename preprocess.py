@@ -10,7 +10,7 @@ import fstag.runs.resolvers  # noqa: F401  (registers the ${fstag.*} resolvers o
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    from fstag.data.layout import DatasetError
+    from fstag.data.layouts import DatasetError
     from fstag.data.job import run_from_config
 
     try:

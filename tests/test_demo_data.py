@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from fstag.data import demo as demo_data
 from fstag.core.config import CONFIG_DIR
-from fstag.data.layout import DatasetLayout, labels_from_train, read_sample_submission, read_train_csv
+from fstag.data.layouts.kaggle2018 import DatasetLayout, labels_from_train, read_sample_submission, read_train_csv
 from fstag.data.demo import cli as demo_cli
 from fstag.data.demo import render as demo_render
 from fstag.data.demo import write as demo_write

@@ -1,6 +1,7 @@
 """preprocess.py's job: the features of every clip of a data set, into the feature cache.
 
-For each split (train from train.csv, test from sample_submission.csv) the clips not yet in the cache
+For each split (train: the layout's train table, e.g. train.csv; test: its test clips, e.g.
+sample_submission.csv; :mod:`fstag.data.layouts`) the clips not yet in the cache
 are decoded, trimmed and resampled by CPU threads and turned into log-mel + deltas by batched torch
 (:func:`fstag.data.features.iter_features`), then appended to the split's float16 file and committed every
 ``chunk_size`` clips (:class:`fstag.data.feature_store.SplitWriter`), so an interrupted run resumes where it
@@ -37,7 +38,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fstag.core.config import to_plain
-from fstag.data.layout import AUDIO_DIRS, DatasetLayout
+from fstag.data.layouts import DatasetLayout, Layout, open_layout
+from fstag.data.layouts.base import SPLITS
 from fstag.data.feature_store import (
     REPORT_CSV,
     FeatureStore,
@@ -83,7 +85,7 @@ def _covered(directory: Path, split: str, fnames: Sequence[str]) -> tuple[bool, 
 
 
 def preprocess_split(
-    layout: DatasetLayout,
+    layout: Layout,
     split: str,
     directory: Path,
     cfg: FeatureConfig,
@@ -104,10 +106,9 @@ def preprocess_split(
     todo = [f for f in fnames if f not in writer.handled]
     if writer.handled:
         log.info("%s: resuming, %d of %d clips already done", split, len(fnames) - len(todo), len(fnames))
-    audio_dir = layout.audio_dir(split)
     bar = tqdm(total=len(fnames), initial=len(fnames) - len(todo), desc=f"features {split}", unit="clip",
                disable=None if settings.progress else True, file=sys.stderr, smoothing=0.1)  # None: off when not a TTY
-    results = iter_features([audio_dir / f for f in todo], cfg, device=settings.device,
+    results = iter_features([layout.audio_path(split, f) for f in todo], cfg, device=settings.device,
                             num_workers=settings.num_workers, batch_size=settings.batch_size,
                             chunk_size=settings.chunk_size, dtype=np.float16)
     try:
@@ -133,19 +134,20 @@ def preprocess_split(
 
 
 def preprocess(
-    data_root: str | Path,
+    data: str | Path | Layout,
     features_dir: str | Path,
     cfg: FeatureConfig,
     settings: PreprocessSettings = PreprocessSettings(),
-    splits: Sequence[str] = tuple(AUDIO_DIRS),
+    splits: Sequence[str] = SPLITS,
     on_commit: Callable[[str, int], None] | None = None,
 ) -> tuple[Path, list[SplitSummary]]:
-    """Features of every split of the data set at ``data_root`` into ``feature_dir(features_dir, cfg)``.
+    """Features of every split of a data set (a :class:`~fstag.data.layouts.Layout`, or the folder of one in
+    the Kaggle layout) into ``feature_dir(features_dir, cfg)``.
 
     Returns the cache folder and one summary per split. Raises
-    :class:`fstag.data.layout.DatasetError` for a malformed CSV (e.g. an absolute or ``..`` fname).
+    :class:`fstag.data.layouts.DatasetError` for a malformed CSV (e.g. an absolute or ``..`` fname).
     """
-    layout = DatasetLayout(Path(data_root))
+    layout = data if isinstance(data, Layout) else DatasetLayout(Path(data))
     directory = feature_dir(features_dir, cfg)
     directory.mkdir(parents=True, exist_ok=True)
     with _writer_lock(directory):
@@ -206,14 +208,28 @@ def keep_freed_memory() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
 
 
+def generate_if_missing(data_cfg) -> Layout:
+    """The data set's layout, after generating the built-in demo data into ``data.root`` when the config
+    asks for it (``data.generate``) and the folder does not hold it yet: the single-label demo for the
+    Kaggle layout, the multi-label demo for the FSDKaggle2019 layout."""
+    layout = open_layout(data_cfg)
+    if data_cfg.get("generate", False) and not layout.is_present():
+        import fstag.data.demo as demo
+
+        generators = {"kaggle2018": "ensure_demo_dataset", "fsdkaggle2019": "ensure_multilabel_demo"}
+        if layout.name not in generators:
+            from fstag.data.layouts import DatasetError
+
+            raise DatasetError(f"data.generate=true: only the demo layouts can be generated ({', '.join(generators)}), "
+                               f"not data.layout={layout.name}")
+        getattr(demo, generators[layout.name])(layout.root, **to_plain(data_cfg.get("demo", {})))
+    return layout
+
+
 def run_from_config(cfg: DictConfig) -> Path:
     """preprocess.py: generate the demo data if configured and missing, then :func:`preprocess`."""
     keep_freed_memory()
-    data_root = Path(str(cfg.data.root))
-    if cfg.data.get("generate", False) and not DatasetLayout(data_root).train_csv.is_file():
-        from fstag.data.demo import ensure_demo_dataset
-
-        ensure_demo_dataset(data_root, **to_plain(cfg.data.get("demo", {})))
+    layout = generate_if_missing(cfg.data)
     settings = PreprocessSettings(**to_plain(cfg.preprocess))
-    directory, _ = preprocess(data_root, str(cfg.data.features_dir), FeatureConfig.from_cfg(cfg.features), settings)
+    directory, _ = preprocess(layout, str(cfg.data.features_dir), FeatureConfig.from_cfg(cfg.features), settings)
     return directory

@@ -1,4 +1,8 @@
-"""Blend maths: align member predictions by file name, combine them, fit member weights on OOF rows."""
+"""Blend maths: align member predictions by file name, combine them, fit member weights on OOF rows.
+
+Every function takes the members' task (:mod:`fstag.core.task`; single-label by default): single-label
+probabilities are combined and renormalised per row and weights are fitted on MAP@3; multi-label ones are
+combined per label without renormalisation and weights are fitted on lwlrap."""
 
 from __future__ import annotations
 
@@ -7,8 +11,11 @@ from pathlib import PurePath
 
 import numpy as np
 
-from fstag.evaluate.metrics import EPS, arithmetic_mean, geometric_mean, map_at_3, top1_accuracy
+from fstag.core.task import SINGLE_LABEL, Task, get_task
+from fstag.evaluate.metrics import EPS, arithmetic_mean, geometric_mean, lwlrap, map_at_3, task_scores
 from fstag.runs.run_dir import Predictions
+
+SINGLE = get_task(SINGLE_LABEL)
 
 METHODS = {"gmean": geometric_mean, "mean": arithmetic_mean}
 # Raw weight values tried for one member at a time by :func:`fit_weights` (the others held fixed).
@@ -19,11 +26,12 @@ class BlendError(ValueError):
     """Member predictions cannot be blended (missing rows, no shared OOF rows, bad weights)."""
 
 
-def combine(prob_stack, weights=None, method: str = "gmean") -> np.ndarray:
-    """Blend (M, N, C) member probabilities into (N, C): weighted geometric (``gmean``) or arithmetic mean."""
+def combine(prob_stack, weights=None, method: str = "gmean", task: Task = SINGLE) -> np.ndarray:
+    """Blend (M, N, C) member probabilities into (N, C): weighted geometric (``gmean``) or arithmetic mean,
+    renormalised per row for a single-label task, per label (not renormalised) for a multi-label one."""
     if method not in METHODS:
         raise BlendError(f"unknown blend method {method!r}; expected one of {sorted(METHODS)}")
-    return METHODS[method](prob_stack, weights, axis=0)
+    return METHODS[method](prob_stack, weights, axis=0, renormalise=task.renormalise)
 
 
 def align(preds: Predictions, fnames: list[str], what: str) -> np.ndarray:
@@ -39,7 +47,8 @@ def align(preds: Predictions, fnames: list[str], what: str) -> np.ndarray:
 
 @dataclass
 class SharedOOF:
-    """The OOF rows every member predicts: ``probs`` (M, N, C), ``targets`` (N,), in ``fnames`` order."""
+    """The OOF rows every member predicts: ``probs`` (M, N, C), ``targets`` ((N,) class indices or an (N, C)
+    0/1 matrix), in ``fnames`` order."""
 
     fnames: list[str]
     probs: np.ndarray
@@ -155,9 +164,9 @@ def family_oof(oofs: list[Predictions], families: Families, member_keys: list[st
     return out
 
 
-def scores(probs, targets) -> dict[str, float]:
-    """MAP@3 and top-1 accuracy of (N, C) probabilities against integer targets."""
-    return {"map3": map_at_3(probs, targets), "acc1": top1_accuracy(probs, targets)}
+def scores(probs, targets, task: Task = SINGLE) -> dict[str, float]:
+    """The task's scores of (N, C) probabilities: MAP@3 and top-1 (single-label), lwlrap and mAP (multi-label)."""
+    return task_scores(task, probs, targets)
 
 
 def normalise(weights) -> np.ndarray:
@@ -169,18 +178,23 @@ def normalise(weights) -> np.ndarray:
 
 
 class _Scorer:
-    """MAP@3 of weighted blends of fixed (M, N, C) probabilities, as an exact integer (MAP@3 x 6N), so that
-    equal scores compare equal. The members' logs (gmean) are taken once."""
+    """The task's primary score of weighted blends of fixed (M, N, C) probabilities, so that equal scores
+    compare equal: MAP@3 as an exact integer (MAP@3 x 6N); lwlrap rounded to 12 digits. The members' logs
+    (gmean) are taken once; the weighted sum ranks each row's labels (single-label) and each label's
+    rows within a row (lwlrap) exactly as :func:`combine` does."""
 
-    def __init__(self, prob_stack, targets, method: str):
+    def __init__(self, prob_stack, targets, method: str, task: Task = SINGLE):
         if method not in METHODS:
             raise BlendError(f"unknown blend method {method!r}; expected one of {sorted(METHODS)}")
         p = np.asarray(prob_stack, dtype=np.float64)
         self.base = np.log(np.clip(p, EPS, 1.0)) if method == "gmean" else p
-        self.targets = np.asarray(targets, dtype=np.int64)
+        self.task = task
+        self.targets = np.asarray(targets) if task.multi_label else np.asarray(targets, dtype=np.int64)
 
-    def __call__(self, weights) -> int:
+    def __call__(self, weights) -> int | float:
         blended = np.tensordot(normalise(weights), self.base, axes=1)  # ranks rows like combine()
+        if self.task.multi_label:
+            return round(lwlrap(blended, self.targets), 12)
         return int(round(map_at_3(blended, self.targets) * 6 * len(self.targets)))
 
 
@@ -190,8 +204,9 @@ def _inequality(raw) -> float:
     return float(np.sum((w - 1.0 / len(w)) ** 2))
 
 
-def fit_weights(prob_stack, targets, method: str = "gmean", max_rounds: int = 10) -> np.ndarray:
-    """Member weights (summing to 1) that maximise the MAP@3 of the blended (M, N, C) OOF probabilities.
+def fit_weights(prob_stack, targets, method: str = "gmean", max_rounds: int = 10, task: Task = SINGLE) -> np.ndarray:
+    """Member weights (summing to 1) that maximise the task's primary score (MAP@3; multi-label: lwlrap) of
+    the blended (M, N, C) OOF probabilities.
 
     Coordinate ascent from equal weights: each member's raw weight is tried at every value of
     :data:`WEIGHT_GRID` (the others held fixed) and the best is kept by (MAP@3, closeness to equal
@@ -201,7 +216,7 @@ def fit_weights(prob_stack, targets, method: str = "gmean", max_rounds: int = 10
     prob_stack = np.asarray(prob_stack, dtype=np.float64)
     if prob_stack.shape[1] == 0:
         raise BlendError("cannot fit weights on zero OOF rows")
-    score = _Scorer(prob_stack, targets, method)
+    score = _Scorer(prob_stack, targets, method, task)
     raw = np.ones(prob_stack.shape[0])
     best = (score(raw), -_inequality(raw))
     for _ in range(max_rounds):
@@ -251,33 +266,36 @@ def kfold_parts(n: int, folds: int, seed: int) -> list[np.ndarray]:
 
 
 def fit_weights_cv(prob_stack, targets, method: str = "gmean", verified=None, min_verified: int = MIN_VERIFIED_ROWS,
-                   folds: int = 5, seed: int = 0) -> WeightFit:
-    """:func:`fit_weights` on the OOF rows, with its out-of-sample score by K-fold cross-validation.
+                   folds: int = 5, seed: int = 0, task: Task = SINGLE) -> WeightFit:
+    """:func:`fit_weights` on the OOF rows, with its out-of-sample score (the task's primary score) by K-fold
+    cross-validation.
 
     The rows are the verified ones when ``verified`` (a boolean per row) marks at least ``min_verified``
     of them, else all. The returned weights are fitted on all those rows.
     """
     prob_stack = np.asarray(prob_stack, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.int64)
+    targets = np.asarray(targets) if task.multi_label else np.asarray(targets, dtype=np.int64)
+    primary = lambda probs, t: task_scores(task, probs, t)[task.primary]  # noqa: E731
     verified_only = verified is not None and int(np.sum(verified)) >= max(int(min_verified), 1)
     if verified_only:
         keep = np.asarray(verified, dtype=bool)
         prob_stack, targets = prob_stack[:, keep], targets[keep]
     n = len(targets)
-    weights = fit_weights(prob_stack, targets, method)
+    weights = fit_weights(prob_stack, targets, method, task=task)
     parts = kfold_parts(n, folds, seed)
     cv = float("nan")
     if len(parts) >= 2:
         held = np.empty(prob_stack.shape[1:])
         for part in parts:
             rest = np.setdiff1d(np.arange(n), part)
-            held[part] = combine(prob_stack[:, part], fit_weights(prob_stack[:, rest], targets[rest], method), method)
-        cv = map_at_3(held, targets)
+            held[part] = combine(prob_stack[:, part], fit_weights(prob_stack[:, rest], targets[rest], method, task=task),
+                                 method, task)
+        cv = primary(held, targets)
     return WeightFit(
         weights=weights,
-        in_sample=map_at_3(combine(prob_stack, weights, method), targets),
+        in_sample=primary(combine(prob_stack, weights, method, task), targets),
         cv=cv,
-        equal=map_at_3(combine(prob_stack, None, method), targets),
+        equal=primary(combine(prob_stack, None, method, task), targets),
         n_rows=n,
         verified_only=verified_only,
         folds=len(parts),

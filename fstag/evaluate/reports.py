@@ -1,7 +1,10 @@
 """Per-class reports of predictions (what a model gets wrong): CSV tables, PNG charts and MLflow metrics.
 
-Plain functions of ``probs`` (N, C), ``targets`` (N,) and ``labels`` (C names). Images are drawn on
-matplotlib's Agg canvas (no display, no pyplot state); the numbers come from scikit-learn.
+Plain functions of ``probs`` (N, C), ``targets`` and ``labels`` (C names). Single-label (``targets`` (N,)
+class indices): per-class MAP@3, top-1 and AP, the confusion matrix and the top confusions. Multi-label
+(``targets`` an (N, C) 0/1 matrix): per-class lwlrap (and its share of the overall lwlrap) and AP
+(:func:`multi_label_table`). Images are drawn on matplotlib's Agg canvas (no display, no pyplot state); the
+numbers come from scikit-learn.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ REPORTS_DIR = "reports"  # the folder in a job / blend directory and the MLflow 
 DPI = 100
 TOP_CONFUSIONS = 20
 TABLE_COLUMNS = ["label", "support", "predicted", "acc1", "ap", "map3", "map3_contribution"]
+MULTI_LABEL_COLUMNS = ["label", "support", "predicted", "ap", "lwlrap", "lwlrap_contribution"]
+THRESHOLD = 0.5  # a multi-label report's "predicted": rows whose probability for the label is at least this
 CONFUSION_COLUMNS = ["true", "predicted", "count", "share_of_true"]
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 
@@ -92,6 +97,52 @@ def class_table(probs, targets, labels) -> pd.DataFrame:
         "label": list(labels), "support": support, "predicted": np.bincount(pred, minlength=n_classes),
         "acc1": acc1, "ap": ap, "map3": map3, "map3_contribution": ap3_sum / n,
     })[TABLE_COLUMNS]
+
+
+def multi_label_table(probs, targets, labels, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """One row per label of a multi-label task: ``support`` (rows with the label), ``predicted`` (rows at or
+    above ``threshold``), ``ap`` (average precision), ``lwlrap`` (the label's mean precision over its true
+    rows) and ``lwlrap_contribution`` (lwlrap x the label's share of true pairs: the column sums to the
+    overall lwlrap). Labels without rows get NaN and 0 contribution."""
+    from fstag.evaluate.metrics import class_average_precision, per_class_lwlrap
+
+    probs = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(targets)
+    if probs.ndim != 2 or y.shape != probs.shape:
+        raise ReportError(f"probs {probs.shape} and targets {y.shape} do not match: need two (N, C) arrays")
+    if probs.shape[1] != len(labels):
+        raise ReportError(f"probs has {probs.shape[1]} classes but {len(labels)} labels were given")
+    if len(y) == 0:
+        raise ReportError("no rows to report on (0 predictions)")
+    per_class, weight = per_class_lwlrap(probs, y)
+    return pd.DataFrame({
+        "label": list(labels), "support": (y > 0).sum(axis=0), "predicted": (probs >= threshold).sum(axis=0),
+        "ap": class_average_precision(probs, y), "lwlrap": per_class,
+        "lwlrap_contribution": np.nan_to_num(per_class * weight),
+    })[MULTI_LABEL_COLUMNS]
+
+
+def multi_label_chart_figure(table: pd.DataFrame, overall: float, title: str = ""):
+    """Horizontal bars of each label's lwlrap (worst at the top), with its AP as a marker."""
+    t = table.sort_values(["lwlrap", "label"], ascending=[False, True], na_position="first").reset_index(drop=True)
+    n_classes = len(t)
+    fig = _new_figure(chart_figsize(n_classes))
+    ax = fig.add_subplot()
+    y = np.arange(n_classes)
+    fs = _font_size(n_classes)
+    ax.barh(y, t["lwlrap"].fillna(0.0), color="#9ecae1", height=0.8, label="lwlrap")
+    ax.scatter(t["ap"], y, marker="o", s=14, color="tab:orange", label="AP", zorder=3)
+    ax.axvline(overall, color="tab:red", linestyle="--", label=f"overall lwlrap {overall:.3f}")
+    ax.set_yticks(y, labels=[f"{lab} ({s})" for lab, s in zip(t["label"], t["support"])], fontsize=fs)
+    ax.set_ylim(-0.6, n_classes - 0.4)
+    ax.set_xlim(0.0, 1.0)
+    ax.tick_params(axis="x", labelsize=fs)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("score (labels without rows: no bar)", fontsize=fs + 1)
+    ax.legend(fontsize=fs, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(f"{title + ': ' if title else ''}per label (true rows in brackets)", fontsize=fs + 2)
+    fig.tight_layout()
+    return fig
 
 
 def confusion_counts(probs, targets, labels) -> np.ndarray:
@@ -213,10 +264,22 @@ def metric_prefix(split: str) -> str:
 
 
 def write_class_report(probs, targets, labels, out_dir: str | Path, split: str = "oof",
-                       title: str = "", n_confusions: int = TOP_CONFUSIONS) -> ClassReport:
+                       title: str = "", n_confusions: int = TOP_CONFUSIONS, task=None) -> ClassReport:
     """Write ``<split>_per_class.csv``/``.png``, ``<split>_confusion.png`` and ``<split>_top_confusions.csv``
-    into ``out_dir``; return the table and the per-class MAP@3 metrics (classes without rows left out)."""
+    into ``out_dir``; return the table and the per-class MAP@3 metrics (classes without rows left out).
+    A multi-label ``task``: ``<split>_per_class.csv``/``.png`` and per-label lwlrap metrics (no confusions:
+    a clip has several true labels). ``ClassReport.map3`` then holds the overall lwlrap."""
     out = Path(out_dir)
+    if task is not None and task.multi_label:
+        table = multi_label_table(probs, targets, labels)
+        overall = float(table["lwlrap_contribution"].sum())
+        heading = f"{title} {split}".strip()
+        files = [_write_csv(table, out / f"{split}_per_class.csv"),
+                 save_png(multi_label_chart_figure(table, overall, heading), out / f"{split}_per_class.png")]
+        prefix = metric_prefix(split)
+        metrics = {metric_name(f"{prefix}lwlrap/{lab}"): float(v)
+                   for lab, v in zip(table["label"], table["lwlrap"]) if np.isfinite(v)}
+        return ClassReport(split=split, table=table, map3=overall, files=files, metrics=metrics)
     table = class_table(probs, targets, labels)
     counts = confusion_counts(probs, targets, labels)
     map3 = float(table["map3_contribution"].sum())
@@ -234,7 +297,7 @@ def write_class_report(probs, targets, labels, out_dir: str | Path, split: str =
 
 
 def log_class_report(client, run_id: str, probs, targets, labels, out_dir: str | Path, split: str = "oof",
-                     title: str = "") -> ClassReport | None:
+                     title: str = "", task=None) -> ClassReport | None:
     """Write the report (:func:`write_class_report`) and log its files to the MLflow run under ``reports/``
     and its per-class MAP@3 metrics in one ``log_batch``. With no rows it logs a warning and returns None."""
     if len(np.asarray(targets)) == 0:
@@ -242,7 +305,7 @@ def log_class_report(client, run_id: str, probs, targets, labels, out_dir: str |
         return None
     from mlflow.entities import Metric
 
-    report = write_class_report(probs, targets, labels, out_dir, split, title)
+    report = write_class_report(probs, targets, labels, out_dir, split, title, task=task)
     for path in report.files:
         client.log_artifact(run_id, str(path), REPORTS_DIR)
     now = int(time.time() * 1000)

@@ -1,6 +1,16 @@
 """predict.py's job: trained runs -> probabilities (TTA crops or every window) for the test split or any
-folder of audio. Unreadable clips and silent clips (fstag.data.features.is_silent) get uniform probabilities
-and are flagged."""
+folder of audio, as the runs' task (fstag.core.task) makes them. Unreadable clips and silent clips
+(fstag.data.features.is_silent) get uninformed probabilities (single-label: uniform; multi-label: 0) and are
+flagged.
+
+Outputs (each written atomically into ``output_dir``):
+
+- ``probs.npz``: ``fnames``, ``probs`` (N, C), ``labels``, ``flagged``, ``silent``, ``task``;
+- single-label: ``top3.csv``: ``fname``, ``label1..3``, ``prob1..3``, ``flagged``, ``silent``, ``error``;
+- multi-label: ``tags.csv``: ``fname``, ``labels`` (every label at or above ``threshold``, most probable
+  first, comma-joined), ``label1..k``, ``prob1..k`` (the ``top_k`` most probable), ``flagged``, ``silent``,
+  ``error``; and ``probs.csv``: ``fname`` and one probability column per label (FSDKaggle2019's format).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fstag.models.augment import pad_value_of
 from fstag.core.config import to_plain
-from fstag.data.layout import DatasetLayout
-from fstag.infer.predictor import MODES, predict_probs
+from fstag.core.task import Task, join_labels, task_of
+from fstag.data.layouts import open_layout
+from fstag.infer.predictor import MODES, WINDOW_REDUCES, predict_probs, uninformed
 from fstag.core.io import save_npz_atomic, write_text_atomic
-from fstag.evaluate.metrics import geometric_mean
+from fstag.evaluate.metrics import combine_probs
 from fstag.runs.run_dir import CONFIG_YAML, RunDir, RunDirError
 
 if TYPE_CHECKING:  # Lightning is imported when a model is loaded, not for predict.py's config errors
@@ -70,8 +81,8 @@ def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, n
     try:
         store = FeatureStore.open(feature_dir(run_cfg.data.features_dir, fcfg), "test")
     except (FileNotFoundError, OSError, ValueError):
-        audio_dir = DatasetLayout(Path(str(run_cfg.data.root))).audio_dir("test")
-        return _clips_for_files([audio_dir / f for f in fnames], feature_cfg, num_workers, long_seconds)
+        layout = open_layout(run_cfg.data)
+        return _clips_for_files([layout.audio_path("test", f) for f in fnames], feature_cfg, num_workers, long_seconds)
     clips = [store[store.index_of(f)] if f in store else None for f in fnames]
     return clips, [None if c is not None else "no features (unreadable audio; see the preprocess report)" for c in clips]
 
@@ -100,9 +111,33 @@ def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: 
     return pd.DataFrame(rows)
 
 
+def tags_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None], silent=None,
+               threshold: float = 0.5, top_k: int = 3) -> pd.DataFrame:
+    """A multi-label task's table: every label at or above ``threshold`` (most probable first, comma-joined;
+    empty when none is), the ``top_k`` labels and their probabilities, and the flags."""
+    silent = np.zeros(len(fnames), dtype=bool) if silent is None else np.asarray(silent, dtype=bool)
+    order = np.argsort(-probs, axis=1, kind="stable")
+    rows: dict[str, Any] = {"fname": fnames}
+    rows["labels"] = [join_labels([labels[j] for j in order[i] if probs[i, j] >= threshold]) for i in range(len(fnames))]
+    for k in range(min(int(top_k), len(labels))):
+        rows[f"label{k + 1}"] = [labels[j] for j in order[:, k]]
+        rows[f"prob{k + 1}"] = np.round(probs[np.arange(len(fnames)), order[:, k]], 6)
+    rows["flagged"] = [e is not None or bool(s) for e, s in zip(errors, silent)]
+    rows["silent"] = silent
+    rows["error"] = [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]
+    return pd.DataFrame(rows)
+
+
+def probs_table(fnames: list[str], probs: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """``fname`` and one probability column per label (FSDKaggle2019's submission format)."""
+    table = pd.DataFrame(np.round(probs.astype(np.float64), 6), columns=list(labels))
+    table.insert(0, "fname", fnames)
+    return table
+
+
 def run_predict(cfg: DictConfig) -> Path:
     """The predict job's steps: resolve the runs, read the clips' features, predict with every run,
-    combine (geometric mean) and flag, write ``probs.npz`` and ``top3.csv`` into ``output_dir``."""
+    combine (the task's way) and flag, write ``probs.npz`` and the task's tables into ``output_dir``."""
     runs = resolve_runs(cfg)
     print(f"runs ({len(runs)}):", *(str(r.path) for r in runs), sep="\n  ")
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
@@ -110,6 +145,8 @@ def run_predict(cfg: DictConfig) -> Path:
     mode = str(cfg.mode)
     if mode not in MODES:
         raise ValueError(f"mode={mode}: expected one of {'|'.join(MODES)}")
+    if str(cfg.get("window_reduce", "mean")) not in WINDOW_REDUCES:
+        raise ValueError(f"window_reduce={cfg.get('window_reduce')}: expected one of {'|'.join(WINDOW_REDUCES)}")
     t0 = time.perf_counter()
     fnames, clips, errors = read_clips(cfg, runs[0])
     t_feat = time.perf_counter() - t0
@@ -118,11 +155,14 @@ def run_predict(cfg: DictConfig) -> Path:
     for f, e, s in zip(fnames, errors, silent):
         if e is not None or s:
             log.warning("%s: %s (uniform probabilities, flagged)", f, e or SILENT_REASON)
-    out = write_predictions(Path(str(cfg.output_dir)), fnames, probs, runs[0].labels, errors, silent, unusable)
+    task = task_of(runs[0].info)
+    out = write_predictions(Path(str(cfg.output_dir)), fnames, probs, runs[0].labels, errors, silent, unusable, task,
+                            float(cfg.get("threshold", 0.5)), int(cfg.get("top_k", 3)))
     how = f"{int(cfg.tta)} crops" if mode == "crops" else "windows"
     log.info("%d clips x %d run(s) x %s on %s in %.1f s (features %.1f s): %.1f clips/s -> %s",
              len(fnames), len(runs), how, device, elapsed, t_feat, len(fnames) / max(elapsed, 1e-9), out)
-    print(f"predictions: {out / 'top3.csv'} ({len(fnames)} clips, {int(unusable.sum())} flagged, "
+    table = "tags.csv" if task.multi_label else "top3.csv"
+    print(f"predictions: {out / table} ({len(fnames)} clips, {int(unusable.sum())} flagged, "
           f"{int(silent.sum())} of them silent)")
     return out
 
@@ -143,18 +183,20 @@ def resolve_runs(cfg: DictConfig) -> list[RunDir]:
 
 def predict_with_runs(cfg: DictConfig, runs: list[RunDir], clips: list, fnames: list[str], errors: list[str | None],
                       mode: str, device) -> tuple[np.ndarray, list[str | None], np.ndarray, np.ndarray]:
-    """Every run's probabilities of the clips (:func:`predict_run`), combined by geometric mean; unreadable
-    and silent clips get exactly uniform rows. ``cfg`` holds predict.py's ``tta``, ``hop_frames``, ``seed``
-    and ``batch_size``. Returns ``(probs, errors (a long clip's found while streaming included), silent,
-    unusable)``."""
+    """Every run's probabilities of the clips (:func:`predict_run`), combined by geometric mean (per row
+    renormalised single-label, per label multi-label); unreadable and silent clips get exactly
+    :func:`~fstag.infer.predictor.uninformed` rows. ``cfg`` holds predict.py's ``tta``, ``hop_frames``,
+    ``window_reduce``, ``seed`` and ``batch_size``. Returns ``(probs, errors (a long clip's found while
+    streaming included), silent, unusable)``."""
+    task = task_of(runs[0].info)
     per_run, silent = [], np.zeros(len(fnames), dtype=bool)
     for run in runs:
         probs_k, silent = predict_run(cfg, run, clips, fnames, mode, device, len(runs[0].labels))
         per_run.append(probs_k)
     errors = [e if e is not None else getattr(c, "error", None) for c, e in zip(clips, errors)]  # long clips
-    probs = per_run[0] if len(per_run) == 1 else geometric_mean(np.stack(per_run)).astype(np.float32)
+    probs = per_run[0] if len(per_run) == 1 else combine_probs(task, np.stack(per_run)).astype(np.float32)
     unusable = np.array([e is not None for e in errors], dtype=bool) | silent
-    probs[unusable] = 1.0 / probs.shape[1]  # exactly uniform, also after combining runs
+    probs[unusable] = uninformed(task, probs.shape[1])  # exactly, also after combining runs
     return probs, errors, silent, unusable
 
 
@@ -174,7 +216,7 @@ def read_clips(cfg: DictConfig, first: RunDir) -> tuple[list[str], list, list[st
     long_seconds = cfg.get("long_file_seconds")
     if str(cfg.input) == "test":
         first_cfg = run_config(first)
-        fnames = DatasetLayout(Path(str(first_cfg.data.root))).split_fnames("test")
+        fnames = open_layout(first_cfg.data).test_fnames()
         clips, errors = _clips_for_test(first_cfg, fnames, first.info["features"], cfg.num_workers, long_seconds)
     else:
         folder = Path(str(cfg.input)).expanduser().resolve()
@@ -191,13 +233,23 @@ def predict_run(cfg: DictConfig, run: RunDir, clips: list, fnames: list[str], mo
     return predict_probs(
         module.model, clips, fnames, crop_frames=int(rc.loader.crop_frames), aug=to_plain(rc.aug), mode=mode,
         pad_value=pad_value_of(rc.loader), n_passes=int(cfg.tta), hop_frames=cfg.get("hop_frames"),
-        seed=int(cfg.seed), batch_size=int(cfg.batch_size), device=device, num_classes=num_classes)
+        seed=int(cfg.seed), batch_size=int(cfg.batch_size), device=device, num_classes=num_classes,
+        task=task_of(run.info), window_reduce=str(cfg.get("window_reduce", "mean")))
 
 
 def write_predictions(out: Path, fnames: list[str], probs: np.ndarray, labels: list[str], errors, silent,
-                      unusable) -> Path:
-    """``probs.npz`` (with ``flagged`` and ``silent``) and ``top3.csv``, each written atomically."""
+                      unusable, task: Task | None = None, threshold: float = 0.5, top_k: int = 3) -> Path:
+    """``probs.npz`` (with ``flagged``, ``silent`` and ``task``) and the task's tables (``top3.csv``; or
+    ``tags.csv`` and ``probs.csv``), each written atomically."""
+    from fstag.core.task import SINGLE_LABEL
+
+    extra = {} if task is None or task.name == SINGLE_LABEL else {"task": np.array(task.name)}
     save_npz_atomic(out / "probs.npz", fnames=np.array(fnames), probs=probs, labels=np.array(labels),
-                    flagged=unusable, silent=silent)
+                    flagged=unusable, silent=silent, **extra)
+    if task is not None and task.multi_label:
+        write_text_atomic(out / "tags.csv", tags_table(fnames, probs, labels, errors, silent, threshold, top_k)
+                          .to_csv(index=False))
+        write_text_atomic(out / "probs.csv", probs_table(fnames, probs, labels).to_csv(index=False))
+        return out
     write_text_atomic(out / "top3.csv", top3_table(fnames, probs, labels, errors, silent).to_csv(index=False))
     return out

@@ -1,18 +1,22 @@
 """Clip-level predictions of a model: TTA crops (``mode='crops'``) or every window (``mode='windows'``).
 
 - ``crops`` (the seed's): pass 0 is the run's own training-time transform (the masking augmentation
-  for ``aug=specmask_concat``, the first window otherwise); passes 1..k-1 are random crops; the passes'
-  softmax outputs are combined by geometric mean. Every crop comes from a generator seeded by
-  (seed, pass, fname) through a stable hash (:func:`clip_seed`), so a clip gets the same crops whatever
-  the batch size, worker count, list order or list length.
+  for ``aug=specmask_concat``, the first window otherwise); passes 1..k-1 are random crops. Single-label:
+  the passes' softmax outputs are combined by geometric mean; multi-label: the passes' sigmoid
+  probabilities are averaged per label. Every crop comes from a generator seeded by (seed, pass, fname)
+  through a stable hash (:func:`clip_seed`), so a clip gets the same crops whatever the batch size, worker
+  count, list order or list length.
 - ``windows``: every ``crop_frames`` window at a hop of ``hop_frames`` (plus one flush with the clip's
-  end), the validation transform (a shorter clip: one window, padded at offset 0), combined by the mean
-  of the log-probabilities. Deterministic; windows of all clips are batched together, so memory is one
-  batch of windows whatever the clip lengths. A clip may be a :class:`fstag.data.features.LongClip`, whose
-  features are streamed in chunks.
+  end), the validation transform (a shorter clip: one window, padded at offset 0), combined by
+  ``window_reduce``: ``mean`` (single-label: the mean of the log-probabilities, renormalised; multi-label:
+  the mean sigmoid probability of each label) or ``max`` (each label's largest probability over the
+  windows, as PANNs tag a long recording; single-label rows renormalised). Deterministic; windows of all
+  clips are batched together, so memory is one batch of windows whatever the clip lengths. A clip may be a
+  :class:`fstag.data.features.LongClip`, whose features are streamed in chunks.
 
 A clip that could not be read (None) or is silent (:func:`fstag.data.features.is_silent`) gets uniform
-probabilities (1/C) without going through the model; callers flag it.
+probabilities (1/C; multi-label: 0 for every label: no sound event heard) without going through the model;
+callers flag it.
 """
 
 from __future__ import annotations
@@ -26,9 +30,17 @@ import torch
 from fstag.models.augment import crop_or_pad, specmask_concat
 from fstag.data.features import is_silent
 from fstag.data.long_clips import LongClip
-from fstag.evaluate.metrics import geometric_mean
+from fstag.core.task import SINGLE_LABEL, Task, get_task
+from fstag.evaluate.metrics import arithmetic_mean, geometric_mean
 
 MODES = ("crops", "windows")
+WINDOW_REDUCES = ("mean", "max")
+
+
+def uninformed(task: Task, num_classes: int) -> float:
+    """The probability every label gets for a clip the model cannot hear (unreadable, silent): 1/C for a
+    single-label task (uniform), 0 for a multi-label one (no sound event: no label, above any threshold)."""
+    return 0.0 if task.multi_label else 1.0 / max(num_classes, 1)
 
 
 def clip_seed(seed: int, pass_idx: int, key: str | int) -> int:
@@ -71,10 +83,13 @@ def iter_windows(chunks: Iterable[torch.Tensor], length: int, hop: int, pad_valu
         yield buf[..., total - length - buf_start :]
 
 
-def _forward(model: torch.nn.Module, xb: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+def _forward(model: torch.nn.Module, xb: list[torch.Tensor], device: torch.device, task: Task) -> torch.Tensor:
+    """Log-probabilities (single-label: log-softmax) or probabilities (multi-label: sigmoid) of a batch."""
     x = torch.stack(xb).to(device)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         logits = model(x)
+    if task.multi_label:
+        return torch.sigmoid(logits.float()).cpu()
     return torch.log_softmax(logits.float(), dim=1).cpu()
 
 
@@ -90,27 +105,36 @@ def _chunks_of(clip) -> Iterator[torch.Tensor]:
         yield _as_tensor(clip)
 
 
-def _crops(model, clips, present, fnames, crop_frames, aug, pad_value, n_passes, seed, batch_size, device) -> np.ndarray:
+def _crops(model, clips, present, fnames, crop_frames, aug, pad_value, n_passes, seed, batch_size, device,
+           task: Task) -> np.ndarray:
     pass_probs = []
     for p in range(max(1, int(n_passes))):
         chunks = []
         for s in range(0, len(present), batch_size):
             idx = present[s : s + batch_size]
             xb = [tta_crop(_as_tensor(clips[i]), p, fnames[i], crop_frames, aug, pad_value, seed) for i in idx]
-            chunks.append(_forward(model, xb, device).exp().numpy())
+            out = _forward(model, xb, device, task)
+            chunks.append((out if task.multi_label else out.exp()).numpy())
         pass_probs.append(np.concatenate(chunks))
+    if task.multi_label:
+        return arithmetic_mean(np.stack(pass_probs), axis=0, renormalise=False)
     return geometric_mean(np.stack(pass_probs), axis=0)
 
 
-def _windows(model, clips, present, crop_frames, hop_frames, pad_value, batch_size, device, num_classes) -> np.ndarray:
-    sums = np.zeros((len(present), num_classes), dtype=np.float64)
+def _windows(model, clips, present, crop_frames, hop_frames, pad_value, batch_size, device, num_classes,
+             task: Task, reduce: str = "mean") -> np.ndarray:
+    maximum = reduce == "max"
+    sums = np.full((len(present), num_classes), -np.inf if maximum else 0.0, dtype=np.float64)
     counts = np.zeros(len(present), dtype=np.int64)
     owners: list[int] = []
     batch: list[torch.Tensor] = []
 
     def flush() -> None:
-        logp = _forward(model, batch, device).numpy().astype(np.float64)
-        np.add.at(sums, owners, logp)
+        out = _forward(model, batch, device, task).numpy().astype(np.float64)
+        if maximum:  # each label's largest probability (single-label: of its log-probability, the same order)
+            np.maximum.at(sums, owners, out)
+        else:
+            np.add.at(sums, owners, out)
         np.add.at(counts, owners, 1)
         owners.clear()
         batch.clear()
@@ -123,8 +147,10 @@ def _windows(model, clips, present, crop_frames, hop_frames, pad_value, batch_si
                 flush()
     if batch:
         flush()
-    mean = sums / np.maximum(counts, 1)[:, None]
-    out = np.exp(mean - mean.max(axis=1, keepdims=True))
+    pooled = sums if maximum else sums / np.maximum(counts, 1)[:, None]
+    if task.multi_label:
+        return pooled
+    out = np.exp(pooled - pooled.max(axis=1, keepdims=True))
     return out / out.sum(axis=1, keepdims=True)
 
 
@@ -144,17 +170,23 @@ def predict_probs(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     num_classes: int,
+    task: Task | str = SINGLE_LABEL,
+    window_reduce: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(probs, silent)``: (N, C) float32 probabilities and an (N,) bool array of silent clips.
 
     ``clips[i]`` is a (3, F, T) feature array, a :class:`~fstag.data.features.LongClip`, or None for a clip
-    that could not be read; ``fnames[i]`` names it (the crops' seeds). None and silent clips get uniform
-    rows (a LongClip found silent or unreadable while streaming too: see its ``silent``/``error``).
-    ``mode``: ``crops`` (``n_passes`` TTA crops) or ``windows`` (every window, ``hop_frames`` apart;
-    default: half a window).
+    that could not be read; ``fnames[i]`` names it (the crops' seeds). None and silent clips get
+    :func:`uninformed` rows (a LongClip found silent or unreadable while streaming too: see its
+    ``silent``/``error``). ``mode``: ``crops`` (``n_passes`` TTA crops) or ``windows`` (every window,
+    ``hop_frames`` apart; default: half a window; ``window_reduce``: mean or max). ``task``: the model's
+    task (:mod:`fstag.core.task`), which decides softmax or sigmoid and how passes combine.
     """
+    task = get_task(task) if isinstance(task, str) else task
     if mode not in MODES:
         raise ValueError(f"predict mode {mode!r}: expected one of {MODES}")
+    if window_reduce not in WINDOW_REDUCES:
+        raise ValueError(f"predict window_reduce {window_reduce!r}: expected one of {WINDOW_REDUCES}")
     if len(fnames) != len(clips):
         raise ValueError(f"{len(clips)} clips but {len(fnames)} fnames")
     hop = int(hop_frames) if hop_frames else max(1, int(crop_frames) // 2)
@@ -167,15 +199,18 @@ def predict_probs(
         clips = [c.load() if isinstance(c, LongClip) else c for c in clips]
     silent = np.array([c is not None and not isinstance(c, LongClip) and is_silent(c) for c in clips], dtype=bool)
     present = [i for i, c in enumerate(clips) if c is not None and not silent[i]]
-    out = np.full((len(clips), num_classes), 1.0 / max(num_classes, 1))
+    blank = uninformed(task, num_classes)
+    out = np.full((len(clips), num_classes), blank)
     if present:
         if mode == "crops":
-            probs = _crops(model, clips, present, fnames, crop_frames, aug, pad_value, n_passes, seed, batch_size, device)
+            probs = _crops(model, clips, present, fnames, crop_frames, aug, pad_value, n_passes, seed, batch_size,
+                           device, task)
         else:
-            probs = _windows(model, clips, present, crop_frames, hop, pad_value, batch_size, device, num_classes)
+            probs = _windows(model, clips, present, crop_frames, hop, pad_value, batch_size, device, num_classes,
+                             task, window_reduce)
         out[present] = probs
     for i, c in enumerate(given):  # a long clip's state is known once it has been streamed
         if isinstance(c, LongClip) and (c.silent or c.error):
             silent[i] = c.silent and not c.error
-            out[i] = 1.0 / max(num_classes, 1)
+            out[i] = blank
     return out.astype(np.float32), silent

@@ -1,7 +1,11 @@
 """The LightningModule: one training step = batch augmentations -> normalisation -> SpecAugment /
-Freq-MixStyle -> mixup -> weighted (label-smoothed) cross-entropy; val_acc1 / val_map3 over the whole
-validation set (gathered across processes under DDP); the optimiser and schedule built from their config
-groups (fstag.models.schedules)."""
+Freq-MixStyle -> mixup -> the task's weighted per-sample loss (fstag.models.losses: cross-entropy
+single-label, BCE or focal multi-label); the task's validation metrics over the whole validation set
+(gathered across processes under DDP): val_acc1 / val_map3, or val_lwlrap / val_map; the optimiser and
+schedule built from their config groups (fstag.models.schedules).
+
+A job whose "validation" rows are rows it trained on (stage=retrain_val) sets :attr:`TaggingModule.metric_prefix`
+to ``fit``: its metrics are then ``fit_acc1``, ``fit_map3``, ... and never read as held-out scores."""
 
 from __future__ import annotations
 
@@ -11,10 +15,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from fstag.core.task import get_task
 from fstag.models.augment import mixup_batch
 from fstag.models.batch_aug import freq_mixstyle, simulate_recording, spec_augment
 from fstag.models.label_noise import LossPruning
-from fstag.evaluate.metrics import map_at_3_torch
+from fstag.models.losses import loss_fn
+from fstag.evaluate.metrics import lwlrap, map_at_3_torch, mean_average_precision
 from fstag.models.backbones import build_model
 from fstag.models.schedules import build_optimizer, build_scheduler, lr_factor  # noqa: F401  (lr_factor: re-exported)
 
@@ -54,19 +60,27 @@ def unique_rows(rows: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tenso
 class TaggingModule(pl.LightningModule):
     """``hparams``: plain containers only, so checkpoints reload with torch's default ``weights_only=True``:
     ``arch``, ``labels``, ``optimizer``, ``scheduler``, ``mixup``, ``gpu``, and (all optional, off when
-    absent) ``loss`` (label_smoothing), ``specaug``, ``recording`` (the aug group's recording-condition
-    simulation), ``mixstyle``, ``noise`` (label-noise handling), ``band_stats`` (input standardisation,
-    carried by the checkpoint), ``frame_rate`` (feature frames per second)."""
+    absent) ``loss`` (label_smoothing, name, focal_gamma), ``specaug``, ``recording`` (the aug group's
+    recording-condition simulation), ``mixstyle``, ``noise`` (label-noise handling), ``band_stats`` (input
+    standardisation, carried by the checkpoint), ``frame_rate`` (feature frames per second), ``task``
+    (``single_label``, the default of checkpoints made before tasks, or ``multi_label``).
+
+    Set by the train job, not saved: :attr:`metric_prefix` (``val``, or ``fit`` for in-sample rows) and
+    :attr:`row_start_epoch` (each training row's first epoch, ``data.sources.*.from_epoch``)."""
 
     def __init__(self, arch: dict, labels: list[str], optimizer: dict, scheduler: dict, mixup: dict,
                  gpu: dict | None = None, cpu: dict | None = None, loss: dict | None = None, specaug: dict | None = None,
                  recording: dict | None = None, mixstyle: dict | None = None, noise: dict | None = None,
-                 band_stats: dict | None = None, frame_rate: float = 100.0):
+                 band_stats: dict | None = None, frame_rate: float = 100.0, task: str = "single_label"):
         super().__init__()
         self.save_hyperparameters()
         self.labels = list(labels)
+        self.task = get_task(task)
+        self.loss_of = loss_fn(self.task, loss)
         self.model = build_model(arch, num_classes=len(labels), band_stats=band_stats)
         self.pruning = LossPruning(noise) if (noise or {}).get("name", "none") != "none" else None
+        self.metric_prefix = "val"
+        self.row_start_epoch: torch.Tensor | None = None
         self._val: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @classmethod
@@ -98,8 +112,12 @@ class TaggingModule(pl.LightningModule):
         return self.model.classify(x)
 
     def _per_sample_ce(self, logits, y):
-        smoothing = float((self.hparams.loss or {}).get("label_smoothing", 0.0))
-        return F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
+        """The task's per-sample loss (cross-entropy single-label; BCE or focal multi-label)."""
+        return self.loss_of(logits, y)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities from logits as the task makes them: softmax (single-label) or sigmoid per label."""
+        return torch.sigmoid(logits.float()) if self.task.multi_label else torch.softmax(logits.float(), dim=1)
 
     @staticmethod
     def _weighted_mean(per_sample, w):
@@ -124,13 +142,19 @@ class TaggingModule(pl.LightningModule):
         w = w.float()
         if self.pruning is not None:
             w = w * self.pruning.keep(rows, verified).to(w)
+        if self.row_start_epoch is not None:  # a source that joins later (data.sources.<source>.from_epoch)
+            w = w * (self.row_start_epoch.to(rows.device)[rows.long()] <= self.current_epoch).to(w)
         x = self.augment(x)
         mix = self.hparams.mixup
         if mix.get("enabled") and float(torch.rand(())) < float(mix["prob"]):
             x, ya, yb, wa, wb, lam = mixup_batch(x, y, w, float(mix["alpha"]))
             logits = self._classify(x)
-            own = self._per_sample_ce(logits, ya)
-            loss = lam * self._weighted_mean(own, wa) + (1 - lam) * self._weighted_mean(self._per_sample_ce(logits, yb), wb)
+            if self.task.multi_label:  # the targets are mixed as the inputs are (PANNs' mixup)
+                own = self._per_sample_ce(logits, lam * ya.float() + (1 - lam) * yb.float())
+                loss = self._weighted_mean(own, lam * wa + (1 - lam) * wb)
+            else:
+                own = self._per_sample_ce(logits, ya)
+                loss = lam * self._weighted_mean(own, wa) + (1 - lam) * self._weighted_mean(self._per_sample_ce(logits, yb), wb)
         else:
             logits = self._classify(x)
             own = self._per_sample_ce(logits, y)
@@ -166,12 +190,20 @@ class TaggingModule(pl.LightningModule):
         if not self._val:
             return
         _, logits, targets = self.validation_rows()
-        # sample-averaged top-1 accuracy (not torchmetrics' per-class default) and Kaggle MAP@3, over all
-        # rows: every process computes the same values, so early stopping and checkpoints agree
+        p = self.metric_prefix
+        # over all rows: every process computes the same values, so early stopping and checkpoints agree
         # (sync_dist averages the processes' equal values: the same number, and Lightning's reduction)
-        self.log("val_loss", F.cross_entropy(logits, targets), prog_bar=False, sync_dist=True)
-        self.log("val_acc1", (logits.argmax(1) == targets).float().mean(), prog_bar=True, sync_dist=True)
-        self.log("val_map3", map_at_3_torch(logits, targets), prog_bar=True, sync_dist=True)
+        if self.task.multi_label:
+            probs, y = torch.sigmoid(logits.float()).cpu().numpy(), targets.cpu().numpy()
+            self.log(f"{p}_loss", F.binary_cross_entropy_with_logits(logits.float(), targets.float()), sync_dist=True)
+            self.log(f"{p}_lwlrap", torch.tensor(lwlrap(probs, y), device=logits.device), prog_bar=True, sync_dist=True)
+            self.log(f"{p}_map", torch.tensor(mean_average_precision(probs, y), device=logits.device), prog_bar=True,
+                     sync_dist=True)
+            return
+        # sample-averaged top-1 accuracy (not torchmetrics' per-class default) and Kaggle MAP@3
+        self.log(f"{p}_loss", F.cross_entropy(logits, targets), prog_bar=False, sync_dist=True)
+        self.log(f"{p}_acc1", (logits.argmax(1) == targets).float().mean(), prog_bar=True, sync_dist=True)
+        self.log(f"{p}_map3", map_at_3_torch(logits, targets), prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         opt = build_optimizer(self.hparams.optimizer, self.parameters())

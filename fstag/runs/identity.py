@@ -51,6 +51,12 @@ BOOKKEEPING = (
 )
 # Where the data is (its content counts through the train.csv digest and the feature key).
 DATA_LOCATION = ("data.root", "data.features_dir", "data.generate", "data.demo")
+# Keys added to the config after jobs existed, with the value that reproduces what those jobs did: a saved
+# identity without such a key matches a config that has this value (an upgrade of fstag keeps its jobs).
+ADDED_KEYS = {
+    "task.name": "single_label", "task.monitor": "val_acc1", "data.task": "single_label", "data.layout": "kaggle2018",
+    "folds.method": "stratified", "loss.name": "auto", "loss.focal_gamma": 2.0, "predict.window_reduce": "mean",
+}
 # Keys that only matter to another stage: ``retrain.*`` shape a retrain_val job, ``self_train.*`` a
 # self_train job; the other stages leave them out of their variant and identity.
 SELF_TRAIN = "self_train"
@@ -100,18 +106,19 @@ def variant_items(overrides: list[str], stage: str = "train") -> list[str]:
     return sorted(items)
 
 
-def data_digest(data_root: str | Path | None) -> str | None:
-    """sha256 of ``<data_root>/train.csv`` (None when there is none)."""
+def data_digest(data_root: str | Path | None, data: Any = None) -> str | None:
+    """The digest of the data set's label files at ``data_root``, as its layout reads them (``data``: the
+    ``data`` config naming ``data.layout``; the Kaggle layout by default): for the Kaggle layout exactly the
+    sha256 of ``<data_root>/train.csv``. None when they are not there."""
     if not data_root:
         return None
-    p = Path(str(data_root)) / "train.csv"
-    if not p.is_file():
+    from fstag.data.layouts import DatasetError, open_layout
+
+    try:
+        layout = open_layout(data if data is not None else {}, root=data_root)
+        return layout.digest() if layout.is_present() else None
+    except (DatasetError, OSError):
         return None
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def variant_name(items: list[str]) -> str:
@@ -137,21 +144,23 @@ def task_overrides(root: Any = None) -> list[str]:
     return []
 
 
-def job_variant(overrides: list[str], stage: str, data_root: str | None) -> tuple[str, list[str]]:
-    """The variant of a job with these task overrides, and its items (a ``data@`` item included)."""
+def job_variant(overrides: list[str], stage: str, data_root: str | None, data: Any = None) -> tuple[str, list[str]]:
+    """The variant of a job with these task overrides, and its items (a ``data@`` item included: the digest
+    of the label files at ``data_root``, read by the layout of ``data``, the ``data`` config)."""
     items = variant_items(overrides, stage)
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
     if any(ov.key_or_group == "data.root" for ov in parsed):
-        digest = data_digest(data_root) or hashlib.sha256(str(data_root).encode()).hexdigest()
+        digest = data_digest(data_root, data) or hashlib.sha256(str(data_root).encode()).hexdigest()
         items = sorted(items + [f"data@{digest[:8]}"])
     return variant_name(items), items
 
 
 def _variant_resolver(stage: str = "train", *, _root_) -> str:
     data_root = OmegaConf.select(_root_, "data.root", default=None)
-    return job_variant(task_overrides(_root_), str(stage), None if data_root is None else str(data_root))[0]
+    data = OmegaConf.select(_root_, "data", default=None)
+    return job_variant(task_overrides(_root_), str(stage), None if data_root is None else str(data_root), data)[0]
 
 
 def register_resolver() -> None:
@@ -185,7 +194,9 @@ def identity(cfg: DictConfig, teachers: list[str | Path] | None = None) -> dict[
     stage = str(cfg.stage.name)
     drop = ("exp",) + BOOKKEEPING + DATA_LOCATION + STAGE_ONLY.get(stage, ())
     flat = {k: v for k, v in _flatten(plain).items() if not _matches(k, drop)}
-    flat["data.train_csv_sha256"] = data_digest(cfg.data.root)
+    flat["data.train_csv_sha256"] = data_digest(cfg.data.root, cfg.data)
+    if str(flat.get("fold")) == "given":  # fold=given is fold 0 (fstag.data.folds.fold_index)
+        flat["fold"] = 0
     flat["features.key"] = feature_key(FeatureConfig.from_cfg(to_plain(cfg.features)))
     if stage == SELF_TRAIN:
         if teachers is None:
@@ -258,12 +269,15 @@ def current_path(value: Any) -> Any:
 
 def differing_keys(saved: dict[str, Any], current: dict[str, Any], ignore=()) -> list[tuple[str, Any, Any]]:
     """``(key, saved value, current value)`` for each dotted key whose value differs (or is only in one);
-    a saved value naming a moved module's function (:func:`current_path`) is compared as it is named now."""
+    a saved value naming a moved module's function (:func:`current_path`) is compared as it is named now, and
+    a key added to fstag's config since (:data:`ADDED_KEYS`) matches when it has the value it had then."""
     missing = object()
     out = []
     for k in sorted(set(saved) | set(current)):
         if _matches(k, ignore):
             continue
+        if k not in saved and k in ADDED_KEYS and current.get(k, missing) == ADDED_KEYS[k]:
+            continue  # a key added since the job was made, at the value it had then
         a, b = current_path(saved.get(k, missing)), current_path(current.get(k, missing))
         if a != b:
             out.append((k, "<unset>" if a is missing else a, "<unset>" if b is missing else b))

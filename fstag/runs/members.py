@@ -29,6 +29,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from fstag.core.task import task_of
 from fstag.data.folds import describe_split, same_split
 from fstag.runs.identity import DEFAULT_VARIANT, data_digest
 from fstag.runs.run_dir import MLFLOW_RUN_DIR_TAG as RUN_DIR_TAG
@@ -137,7 +138,7 @@ def _from_mlflow(run_id: str, tracking_uri: str, cache: Path, checkpoint: bool =
     return _fetch(client, run_id, tracking_uri, cache, checkpoint)
 
 
-def _candidates(spec: str, runs_root: Path, data_root: str | None = None) -> list[Path]:
+def _candidates(spec: str, runs_root: Path, data_root: str | None = None, data=None) -> list[Path]:
     path = Path(spec).expanduser()
     if path.is_absolute():
         return [path]
@@ -145,7 +146,7 @@ def _candidates(spec: str, runs_root: Path, data_root: str | None = None) -> lis
         arch, aug, job = spec.split("/")
         found = [runs_root / arch / aug / DEFAULT_VARIANT / job]
         # a job whose only override is its data.root (data@<train.csv digest>): this data's, else the only one
-        digest = data_digest(data_root)
+        digest = data_digest(data_root, data)
         if digest:
             found.append(runs_root / arch / aug / f"data@{digest[:8]}" / job)
         others = sorted((runs_root / arch / aug).glob(f"data@*/{job}"))
@@ -220,6 +221,10 @@ def _problems(members: list[Member]) -> list[str]:
             problems.append(f"member {m.key}: run is not complete (run.json 'complete' is false) in {m.path}")
         if m is first:
             continue
+        task, first_task = task_of(m.run.info).name, task_of(first.run.info).name
+        if task != first_task:
+            problems.append(f"member {m.key} is a {task} run but member {first.key} a {first_task} one: runs of "
+                            "different tasks cannot be combined (softmax and sigmoid probabilities mean different things)")
         if m.run.labels != first.run.labels:
             diff = sorted(set(m.run.labels) ^ set(first.run.labels))
             problems.append(
@@ -243,8 +248,8 @@ def _problems(members: list[Member]) -> list[str]:
 
 def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
                     checkpoints: bool = False, experiment: str | None = None) -> list[Member]:
-    """Resolve every spec (selectors expanded first), then check they are complete and share labels and
-    feature_key.
+    """Resolve every spec (selectors expanded first), then check they are complete and share their task,
+    labels, feature_key and fold split.
 
     ``checkpoints``: members fetched from the tracking server come with their best checkpoint (predict.py).
     ``experiment``: the MLflow experiment a selector looks in when ``runs_root`` holds no job.

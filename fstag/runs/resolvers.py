@@ -4,7 +4,10 @@ module before Hydra composes):
 - ``${fstag.abspath:<path>}``: the path made absolute against the current working directory;
 - ``${fstag.n_jobs:}``: the joblib launcher's default parallelism, from the config's ``launcher`` keys
   (:func:`fstag.runs.launchers.n_jobs`);
-- ``${fstag.variant:<stage>}``: the running job's variant for that stage (:mod:`fstag.runs.identity`).
+- ``${fstag.variant:<stage>}``: the running job's variant for that stage (:mod:`fstag.runs.identity`);
+- ``${fstag.task:<task>,<attribute>}``: an attribute of a task (:mod:`fstag.core.task`: ``monitor``,
+  ``val_metric``, ``primary``);
+- ``${fstag.fold:<fold>}``: a ``fold=`` value as the job folder spells it (``given`` is fold 0).
 """
 
 from __future__ import annotations
@@ -27,12 +30,28 @@ def _n_jobs(*, _root_) -> int:
     return launchers.n_jobs(OmegaConf.to_container(node, resolve=True) if node is not None else None)
 
 
+def _task(name: str, attribute: str):
+    from fstag.core.task import get_task
+
+    return getattr(get_task(name), str(attribute))
+
+
+def _fold(fold) -> str:
+    from fstag.data.folds import GIVEN_FOLD
+
+    return "0" if str(fold) == GIVEN_FOLD else str(fold)
+
+
 def register_resolvers() -> None:
     """Register the resolvers once per process (a second call does nothing)."""
     if not OmegaConf.has_resolver("fstag.abspath"):
         OmegaConf.register_new_resolver("fstag.abspath", _abspath)
     if not OmegaConf.has_resolver("fstag.n_jobs"):
         OmegaConf.register_new_resolver("fstag.n_jobs", _n_jobs)
+    if not OmegaConf.has_resolver("fstag.task"):
+        OmegaConf.register_new_resolver("fstag.task", _task)
+    if not OmegaConf.has_resolver("fstag.fold"):
+        OmegaConf.register_new_resolver("fstag.fold", _fold)
     from fstag.runs.identity import register_resolver
 
     register_resolver()

@@ -22,9 +22,10 @@ class Rows:
     """Rows of one split of a fold: positions in the feature store, targets and loss weights."""
 
     index: np.ndarray    # int64 positions in the FeatureStore
-    targets: np.ndarray  # int64 class ids
+    targets: np.ndarray  # int64 class ids (N,), or a (N, C) 0/1 uint8 matrix for a multi-label task
     weights: np.ndarray  # float32 loss weights
     verified: np.ndarray | None = None  # bool: manually verified label (None: all verified)
+    start_epoch: np.ndarray | None = None  # int64: the first epoch a row trains in (data.sources.*.from_epoch; None: 0)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -48,7 +49,14 @@ class CropDataset(Dataset):
         else:
             x = crop_or_pad(x, self.length, random=False, pad_value=self.pad_value)
         verified = True if self.rows.verified is None else bool(self.rows.verified[i])
-        return x, int(self.rows.targets[i]), float(self.rows.weights[i]), i, verified
+        return x, target_of(self.rows.targets, i), float(self.rows.weights[i]), i, verified
+
+
+def target_of(targets: np.ndarray, i: int):
+    """Row ``i``'s target as a batch takes it: a class index (int), or a float32 vector of 0/1 per label."""
+    if targets.ndim == 1:
+        return int(targets[i])
+    return torch.from_numpy(np.asarray(targets[i], dtype=np.float32))
 
 
 def default_num_workers(on_gpu: bool) -> int:

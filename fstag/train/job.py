@@ -5,7 +5,8 @@
    (``force=true`` starts over);
 2. :func:`build`: the fold's data, the retrain_val parent or the self_train pseudo-labels
    (:mod:`fstag.train.self_training`), the LightningModule, its data module, the MLflow run and the Trainer;
-3. :func:`fit`: Lightning fits (resuming from ``last.ckpt``), best checkpoint by val_acc1;
+3. :func:`fit`: Lightning fits (resuming from ``last.ckpt``), best checkpoint by ``task.monitor`` (val_acc1
+   single-label, val_lwlrap multi-label; a retrain_val job's ``fit_*`` twin: it validates on rows it trained on);
 4. :func:`predict`: the best weights predict the validation fold (OOF) and the test split with TTA;
 5. :func:`record` then :func:`finish`: run.json, then metrics, artifacts and the per-class report in
    MLflow, the run closed FINISHED, and only then run.json marked complete.
@@ -29,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from fstag.core.config import flatten, to_plain
 from fstag.core.io import atomic_path, save_npz_atomic, write_json_atomic, write_text_atomic
-from fstag.data.folds import split_of
-from fstag.evaluate.metrics import map_at_3, top1_accuracy
+from fstag.core.task import task_of, task_of_cfg
+from fstag.evaluate.metrics import task_scores
 from fstag.evaluate.reports import REPORTS_DIR, log_class_report
 from fstag.infer.predictor import MODES, predict_probs
 from fstag.models.augment import pad_value_of
@@ -48,7 +49,7 @@ from fstag.train.distributed import ranks_end_with_fit, relaunch_ranks_as_jobs
 from fstag.train.fold_data import FoldData, TrainingSetupError, load_fold_data
 from fstag.train.resident_data import fold_datamodule
 from fstag.train.lightning_parts import (BestEpochMetrics, build_callbacks, build_loggers, build_trainer,
-                                         channels_last, on_gpu)
+                                         channels_last, metric_prefix, on_gpu)
 from fstag.train.retrain import parent_run, previous_init_from, start_from_parent
 from fstag.train.timings import EpochTimes, StepTimes
 
@@ -119,8 +120,11 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
 
 
 def optimized_value(info: dict, metric: str) -> float:
-    """The value train.py returns: ``best_<metric>`` of a finished job's run.json (NaN when absent)."""
+    """The value train.py returns: ``best_<metric>`` of a finished job's run.json (NaN when absent); a
+    retrain_val job's validation scores are its parent's (``parent_metrics``), its own being in-sample."""
     value = (info.get("best_metrics") or {}).get(str(metric))
+    if value is None:
+        value = (info.get("parent_metrics") or {}).get(str(metric))
     if value is None and str(metric) == "val_acc1":
         value = info.get("best_val_acc1")
     return float("nan") if value is None else float(value)
@@ -151,14 +155,20 @@ def prepare(cfg: DictConfig) -> tuple[Job, dict | None]:
         self_training.input_folder(cfg)
         teachers = self_training.resolve_teachers(cfg)
     ident = identity(cfg, teachers=[t.path for t in teachers]) if stage == "self_train" else identity(cfg)
-    job = Job(cfg, job_dir, stage, int(cfg.fold), lead, variant, items, ident, teachers)
+    from fstag.data.folds import FoldsError, fold_index
+
+    try:
+        fold = fold_index(cfg.fold, str(cfg.folds.get("method", "stratified")), int(cfg.folds.n_splits))
+    except FoldsError as exc:
+        raise TrainingSetupError(str(exc)) from None
+    job = Job(cfg, job_dir, stage, fold, lead, variant, items, ident, teachers)
     if not cfg.force:
         check_reuse(job_dir, job.ident)  # JobConfigMismatch names the differing keys
     existing = job_dir / RUN_JSON
     if existing.is_file() and not cfg.force and lead:
         info = RunDir.open(job_dir).info
         if info.get("complete"):
-            log.info("%s is complete (val_acc1 %.4f); nothing to do (force=true retrains)", job_dir, info.get("best_val_acc1", float("nan")))
+            log.info("%s is complete (best %s); nothing to do (force=true retrains)", job_dir, _best_text(info))
             return job, info
         log.info("%s: predictions were written but the MLflow run was not closed; finishing it", job_dir)
         return job, finish(job_dir, info)
@@ -175,6 +185,9 @@ def build(job: Job) -> Built:
     before a run is opened)."""
     cfg = job.cfg
     check_predict_config(cfg)  # before training, not after it
+    if job.stage == "self_train" and task_of_cfg(cfg).multi_label:
+        raise TrainingSetupError("stage=self_train pseudo-labels one label per clip: it needs task=single_label "
+                                 f"(this job's task is {task_of_cfg(cfg).name})")
     pl.seed_everything(int(cfg.seed), workers=True)
     data = load_fold_data(cfg)
     if job.lead:
@@ -190,6 +203,9 @@ def build(job: Job) -> Built:
             st_record = self_training.record(cfg, pseudo, data.labels, job.ident, job.dir)
 
     module = build_module(cfg, data.labels, data.train_store, from_parent=parent is not None)
+    module.metric_prefix = metric_prefix(cfg)  # fit_* for retrain_val: its "validation" rows are in-sample
+    if train_rows.start_epoch is not None:  # data.sources.<source>.from_epoch
+        module.row_start_epoch = torch.as_tensor(train_rows.start_epoch)
     last = job.dir / CHECKPOINT_DIR / LAST_CKPT
     resume_from = str(last) if cfg.resume and last.is_file() else None
     init_from = None
@@ -213,9 +229,19 @@ def build(job: Job) -> Built:
 
 
 def check_predict_config(cfg: DictConfig) -> None:
+    from fstag.infer.predictor import WINDOW_REDUCES
+    from fstag.models.losses import LossConfigError, loss_name
+
     mode, hop = str(cfg.predict.get("mode", "crops")), cfg.predict.get("hop_frames")
     if mode not in MODES:
         raise TrainingSetupError(f"predict.mode={mode!r}: choose one of {', '.join(MODES)}")
+    reduce = str(cfg.predict.get("window_reduce", "mean"))
+    if reduce not in WINDOW_REDUCES:
+        raise TrainingSetupError(f"predict.window_reduce={reduce!r}: choose one of {', '.join(WINDOW_REDUCES)}")
+    try:
+        loss_name(task_of_cfg(cfg), to_plain(cfg.get("loss")))
+    except LossConfigError as exc:
+        raise TrainingSetupError(str(exc)) from None
     if hop is not None and int(hop) <= 0:
         raise TrainingSetupError(f"predict.hop_frames={hop}: a positive number of frames (or null: half a crop)")
 
@@ -240,6 +266,7 @@ def build_module(cfg: DictConfig, labels: list[str], train_store, from_parent: b
         mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu), cpu=to_plain(cfg.get("cpu")), loss=to_plain(cfg.get("loss")),
         specaug=to_plain(cfg.get("specaug")), recording=aug.get("recording"), mixstyle=to_plain(cfg.get("mixstyle")),
         noise=to_plain(cfg.get("noise")), band_stats=stats, frame_rate=frame_rate_of(to_plain(cfg.features)),
+        task=task_of_cfg(cfg).name,
     )
 
 
@@ -259,8 +286,8 @@ def open_run(job: Job, run_name: str) -> str | None:
 def run_tags(job: Job) -> dict[str, str]:
     cfg = job.cfg
     tags = {MLFLOW_RUN_DIR_TAG: str(job.dir), "fstag.arch": str(cfg.arch.name), "fstag.aug": str(cfg.aug.name),
-            "fstag.fold": str(cfg.fold), "fstag.stage": str(cfg.stage.name), "fstag.variant": job.variant,
-            "fstag.exp": str(cfg.exp)}
+            "fstag.fold": str(job.fold), "fstag.stage": str(cfg.stage.name), "fstag.variant": job.variant,
+            "fstag.exp": str(cfg.exp), "fstag.task": task_of_cfg(cfg).name}
     if current_lease():  # the launcher's slot (hydra/launcher=joblib on GPUs: <device>:<slot>)
         tags["fstag.device_lease"] = current_lease()
     # each variant override as a tag (and, through the flat config, as a param of that name)
@@ -295,7 +322,7 @@ def predict(job: Job, built: Built) -> JobPredictions:
     cfg, data = job.cfg, built.data
     device = torch.device("cuda" if built.gpu else "cpu")
     module = built.module.to(device).eval()
-    test_fnames = data.layout.split_fnames("test")
+    test_fnames = data.layout.test_fnames()
     test_probs, test_missing, test_silent = predict_clips(module, data.test_store, test_fnames, cfg, device)
     missing = set(test_missing)
     save_npz_atomic(job.dir / TEST_NPZ, fnames=np.array(test_fnames), probs=test_probs,
@@ -324,6 +351,7 @@ def predict_clips(module: TaggingModule, store, fnames: list[str], cfg: DictConf
         mode=str(cfg.predict.get("mode", "crops")), pad_value=pad_value_of(cfg.loader), n_passes=int(cfg.predict.tta),
         hop_frames=cfg.predict.get("hop_frames"), seed=int(cfg.predict.seed),
         batch_size=int(cfg.predict.batch_size), device=device, num_classes=len(module.labels),
+        task=module.task, window_reduce=str(cfg.predict.get("window_reduce", "mean")),
     )
     return probs, missing, silent
 
@@ -333,31 +361,45 @@ def record(job: Job, built: Built, p: JobPredictions, best_ckpt: dict, timings: 
     """Write run.json (``complete: false``): from here a crash is repaired by rerunning the same command,
     which finishes the run instead of retraining it."""
     cfg, trainer, data = job.cfg, built.trainer, built.data
+    task = data.task
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     best_acc = float(best_score) if best_score is not None else float("nan")
     best_metrics = next((c.metrics for c in trainer.callbacks if isinstance(c, BestEpochMetrics)), {})
     init_from = built.init_from
     if init_from is None and built.parent is not None:
         init_from = previous_init_from(job.dir)
+    oof_scores = {f"oof_{k}": v for k, v in task_scores(task, p.oof_probs, p.oof_targets).items()}
     info = {
         "name": job_name(job.fold, job.stage), "arch": str(cfg.arch.name), "aug": str(cfg.aug.name), "fold": job.fold,
         "stage": job.stage, "variant": job.variant, "overrides": job.items, "identity": job.ident,
         "best_metrics": best_metrics, "init_from": init_from,
-        "labels": data.labels, "feature_key": data.feature_key, "features": to_plain(cfg.features),
-        "data_name": str(cfg.data.name), "data_root": str(cfg.data.root),
-        "fold_split": split_of(data.layout.train_csv, Path(str(cfg.data.features_dir)), int(cfg.folds.n_splits),
-                               int(cfg.folds.seed)),
+        "task": task.name, "labels": data.labels, "feature_key": data.feature_key, "features": to_plain(cfg.features),
+        "data_name": str(cfg.data.name), "data_root": str(cfg.data.root), "data_layout": data.layout.name,
+        "fold_split": data.fold_split,
         "mlflow_run_id": built.run_id, "mlflow_tracking_uri": str(cfg.mlflow.tracking_uri), "mlflow_run_name": built.run_name,
-        "best_val_acc1": best_acc, "oof_map3": map_at_3(p.oof_probs, p.oof_targets),
-        "oof_acc1": top1_accuracy(p.oof_probs, p.oof_targets), "oof_source": p.oof_source,
+        **({"best_val_acc1": best_acc} if job.stage != "retrain_val" and task.monitor == "val_acc1" else {}),
+        "best_monitor": {"name": str(trainer.checkpoint_callback.monitor) if trainer.checkpoint_callback else None,
+                         "value": best_acc},
+        **oof_scores, "oof_source": p.oof_source,
         "epochs_trained": int(trainer.current_epoch), "best_epoch": int(best_ckpt.get("epoch", -1)),
         "test_missing": p.test_missing, "world_size": int(trainer.world_size), "device_lease": current_lease(),
         "timings": timings or {}, "complete": False,
     }
+    if built.parent is not None:  # held-out scores of a retrain_val job: its parent's (its own fit_* are in-sample)
+        info["parent_metrics"] = {k: v for k, v in (built.parent.info.get("best_metrics") or {}).items()
+                                  if str(k).startswith("val_")}
+        info["parent_run"] = str(built.parent.path)
     if built.self_train is not None:
         info["self_train"] = built.self_train
     write_json_atomic(job.dir / RUN_JSON, info)
     return info
+
+
+def _best_text(info: dict) -> str:
+    """``val_acc1 0.8123`` (or the job's monitored metric) for a log line."""
+    best = info.get("best_monitor") or {}
+    name, value = best.get("name") or "val_acc1", best.get("value", info.get("best_val_acc1", float("nan")))
+    return f"{name} {float(value):.4f}" if value is not None else name
 
 
 def finish(job_dir: Path, info: dict) -> dict:
@@ -370,14 +412,19 @@ def finish(job_dir: Path, info: dict) -> dict:
     t0 = time.perf_counter()
     client = MlflowClient(str(info["mlflow_tracking_uri"]))
     client.update_run(run_id, status="RUNNING")
-    best_acc = float(info["best_val_acc1"])
+    task = task_of(info)
+    best_acc = float(info.get("best_val_acc1", float("nan")))
     if np.isfinite(best_acc):
         client.log_metric(run_id, "best_val_acc1", best_acc)
-    for k, v in (info.get("best_metrics") or {}).items():  # the best epoch's validation metrics: best_val_map3, ...
+    for k, v in (info.get("best_metrics") or {}).items():  # the best epoch's metrics: best_val_map3 (fit_*: retrain_val)
         if k != "val_acc1" and np.isfinite(v):
             client.log_metric(run_id, f"best_{k}", v)
-    client.log_metric(run_id, "oof_map3", float(info["oof_map3"]))
-    client.log_metric(run_id, "oof_acc1", float(info["oof_acc1"]))
+    for k, v in (info.get("parent_metrics") or {}).items():  # retrain_val: its parent's held-out scores
+        if np.isfinite(v):
+            client.log_metric(run_id, f"parent_{k}", v)
+    for k in task.oof_metrics:  # held-out for every job (a retrain_val job's are its parent's: oof_source)
+        if k in info and np.isfinite(float(info[k])):
+            client.log_metric(run_id, k, float(info[k]))
     client.log_metric(run_id, "epochs_trained", int(info.get("epochs_trained", -1)))
     for k, v in (info.get("timings") or {}).items():  # where the job's time went (fstag.train.timings)
         if v is not None:
@@ -395,10 +442,12 @@ def finish(job_dir: Path, info: dict) -> dict:
         client.log_artifacts(run_id, str(job_dir / ".hydra"), "hydra")
     # per-class OOF report (a retrain_val job reports the OOF it carries, its parent's, as its oof_map3 does)
     oof = run.oof()
-    log_class_report(client, run_id, oof.probs, oof.targets, list(info["labels"]), job_dir / REPORTS_DIR, title=run_name)
+    log_class_report(client, run_id, oof.probs, oof.targets, list(info["labels"]), job_dir / REPORTS_DIR, title=run_name,
+                     task=task)
     client.set_terminated(run_id, "FINISHED")
     if "timings" in done:
         done["timings"] = {**done["timings"], "finish": round(time.perf_counter() - t0, 3)}
     write_json_atomic(job_dir / RUN_JSON, done)
-    log.info("%s done: best val_acc1 %.4f, OOF MAP@3 %.4f -> %s", run_name, best_acc, float(info["oof_map3"]), job_dir)
+    scores = ", ".join(f"{k} {float(info[k]):.4f}" for k in task.oof_metrics if k in info)
+    log.info("%s done: best %s, %s -> %s", run_name, _best_text(info), scores, job_dir)
     return done

@@ -2,7 +2,9 @@
 ``trainer``, ``callbacks`` and ``logger`` config groups (conf/). What the job's on-disk contract fixes is
 set here: checkpoints go to <job_dir>/checkpoints (fstag.runs.run_dir), the MLflow logger writes into the job's
 own run, the best epoch's validation metrics are recorded for run.json, and stage=retrain_val trains for
-``retrain.max_epochs`` with early-stopping patience ``retrain.patience``."""
+``retrain.max_epochs`` with early-stopping patience ``retrain.patience``. A retrain_val job trains on its
+fold and "validates" on rows its parent trained on, so its metrics are ``fit_*`` (``fit_acc1``, ``fit_map3``)
+and its checkpoint and early stopping monitor the ``fit_*`` twin of ``task.monitor``."""
 
 from __future__ import annotations
 
@@ -24,16 +26,17 @@ CHECKPOINT_KEYS = ("model_checkpoint", "last_checkpoint")
 
 
 class BestEpochMetrics(pl.Callback):
-    """The validation metrics of the epoch the best checkpoint comes from (the best by ``monitor``, as
-    ModelCheckpoint picks it: strictly better). Saved in checkpoints, so a resumed job keeps them."""
+    """The validation metrics (``<prefix>_*``) of the epoch the best checkpoint comes from (the best by
+    ``monitor``, as ModelCheckpoint picks it: strictly better). Saved in checkpoints, so a resumed job keeps them."""
 
-    def __init__(self, monitor: str = "val_acc1"):
-        self.monitor, self.metrics = monitor, {}
+    def __init__(self, monitor: str = "val_acc1", prefix: str = "val"):
+        self.monitor, self.prefix, self.metrics = monitor, prefix, {}
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val_") and torch.as_tensor(v).numel() == 1}
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()
+             if k.startswith(f"{self.prefix}_") and torch.as_tensor(v).numel() == 1}
         cur, best = m.get(self.monitor), self.metrics.get(self.monitor)
         if cur is not None and np.isfinite(cur) and (best is None or cur > best):
             self.metrics = m
@@ -63,25 +66,41 @@ def is_retrain(cfg: DictConfig) -> bool:
     return str(cfg.stage.name) == "retrain_val"
 
 
+def metric_prefix(cfg: DictConfig) -> str:
+    """``val``, or ``fit`` for a retrain_val job (its validation rows are rows its parent trained on)."""
+    return "fit" if is_retrain(cfg) else "val"
+
+
+def monitored(name: str | None, prefix: str) -> str | None:
+    """A monitor name for this job's metrics: ``val_acc1`` -> ``fit_acc1`` when ``prefix`` is ``fit``."""
+    if name is None or prefix == "val" or not str(name).startswith("val_"):
+        return name
+    return f"{prefix}_{str(name)[len('val_'):]}"
+
+
 def build_callbacks(cfg: DictConfig, job_dir: Path) -> list[pl.Callback]:
     """``callbacks`` group -> Lightning callbacks, plus BestEpochMetrics and EpochTimes (what run.json reports)."""
     from pytorch_lightning.callbacks import EarlyStopping, ProgressBar
 
     callbacks: list[pl.Callback] = []
+    prefix = metric_prefix(cfg)
     for key, node in _entries(cfg.get("callbacks")).items():
         kwargs: dict[str, Any] = {}
         if key in CHECKPOINT_KEYS:
             kwargs["dirpath"] = str(job_dir / CHECKPOINT_DIR)
         if key == "model_checkpoint" and "save_weights_only" not in node:
             kwargs["save_weights_only"] = bool((cfg.get("checkpoint") or {}).get("best_weights_only", True))
+        if prefix != "val" and node.get("monitor"):  # retrain_val: the fit_* twin of the monitored metric
+            kwargs["monitor"] = monitored(str(node.monitor), prefix)
         cb = instantiate(node, **kwargs)
         if isinstance(cb, EarlyStopping) and is_retrain(cfg):
             cb.patience = int(cfg.retrain.patience)
         if isinstance(cb, ProgressBar) and not cfg.trainer.get("enable_progress_bar", True):
             continue
         callbacks.append(cb)
-    monitor = str(cfg.callbacks.model_checkpoint.monitor) if cfg.callbacks.get("model_checkpoint") else "val_acc1"
-    callbacks.append(BestEpochMetrics(monitor))
+    monitor = str(cfg.callbacks.model_checkpoint.monitor) if cfg.callbacks.get("model_checkpoint") \
+        else str(OmegaConf.select(cfg, "task.monitor", default="val_acc1"))
+    callbacks.append(BestEpochMetrics(monitored(monitor, prefix), prefix))
     callbacks.append(EpochTimes())  # run.json's timings (fstag.train.timings)
     return callbacks
 

@@ -69,7 +69,8 @@ class _RowTensors:
     def __init__(self, rows: Rows, resident: ResidentStore):
         dev = resident.device
         self.slot = torch.from_numpy(resident.slot(rows.index)).to(dev)
-        self.targets = torch.as_tensor(rows.targets, dtype=torch.int64).to(dev)
+        multi = np.asarray(rows.targets).ndim == 2  # a multi-label task's 0/1 matrix: float, as the CPU path collates it
+        self.targets = torch.as_tensor(rows.targets, dtype=torch.float32 if multi else torch.int64).to(dev)
         self.weights = torch.as_tensor(rows.weights, dtype=torch.float64).to(dev)  # the CPU path collates floats as float64
         verified = np.ones(len(rows), bool) if rows.verified is None else rows.verified
         self.verified = torch.as_tensor(verified, dtype=torch.bool).to(dev)

@@ -11,8 +11,9 @@ import torch
 from omegaconf import DictConfig
 
 from fstag.core.io import write_json_atomic
+from fstag.core.task import task_of_cfg
 from fstag.data.folds import describe_split, same_split, split_of
-from fstag.data.layout import DatasetLayout
+from fstag.data.layouts import open_layout
 from fstag.models.module import TaggingModule, plain_state_dict
 from fstag.runs.catalog import describe_siblings
 from fstag.runs.identity import differing_keys, format_diff, job_variant, task_overrides
@@ -44,7 +45,7 @@ def parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> Ru
     try:
         parent = RunDir.open(parent_dir)
     except RunDirError as exc:
-        _, items = job_variant(task_overrides(), "train", str(cfg.data.root))
+        _, items = job_variant(task_overrides(), "train", str(cfg.data.root), cfg.data)
         extra = "".join(f" {i}" for i in items if "@" not in i)
         group = f"arch={cfg.arch.name} aug={cfg.aug.name} fold={cfg.fold}"
 
@@ -60,8 +61,8 @@ def parent_run(cfg: DictConfig, labels: list[str], fkey: str, ident: dict) -> Ru
             f"{parent_dir / CHECKPOINT_DIR / BEST_CKPT}, not found. "
             f"Train it first: python train.py {group}{extra}." + siblings
         ) from exc
-    split = split_of(DatasetLayout(Path(str(cfg.data.root))).train_csv, Path(str(cfg.data.features_dir)),
-                     int(cfg.folds.n_splits), int(cfg.folds.seed))
+    split = split_of(open_layout(cfg.data), Path(str(cfg.data.features_dir)), int(cfg.folds.n_splits),
+                     int(cfg.folds.seed), task_of_cfg(cfg).multi_label, str(cfg.folds.get("method", "stratified")))
     if not same_split(parent.info.get("fold_split"), split):
         raise TrainingSetupError(
             f"retrain_val job {cfg.job_dir} uses {describe_split(split)} but its parent run {parent_dir} was trained "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fstag.data.layout import AUDIO_DIRS, SAMPLE_SUBMISSION_CSV, TRAIN_CSV
+from fstag.data.layouts.kaggle2018 import AUDIO_DIRS, SAMPLE_SUBMISSION_CSV, TRAIN_CSV
 
 TEST_LABELS_CSV = "test_post_competition.csv"
 TRUTH_CSV = ".demo_truth.csv"

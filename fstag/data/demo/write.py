@@ -27,7 +27,7 @@ from fstag.data.demo.names import (
 from fstag.data.demo.plan import plan_dataset
 from fstag.data.demo.render import render_clip
 from fstag.data.demo.settings import DemoSettings
-from fstag.data.layout import SAMPLE_SUBMISSION_CSV, TRAIN_CSV
+from fstag.data.layouts.kaggle2018 import SAMPLE_SUBMISSION_CSV, TRAIN_CSV
 
 
 def _render_job(job: tuple[dict, DemoSettings, str]) -> dict:
