@@ -1,12 +1,18 @@
 """The README's main job on the demo data: preprocess -> a small sweep -> retrain_val -> predict -> blend.
 
-    python -m fstag.demo_job [--folds 0] [--augs ...] [--experiment demo|demo_seed] [--jobs N] [--set key=value ...]
+    python -m fstag.demo_job [--task single_label|multi_label] [--folds 0] [--augs ...] [--experiment demo|demo_seed]
+                             [--jobs N] [--set key=value ...]
 
 The sweep trains the small CNN on every fold x aug (2 jobs by default: fold 0 x aug none, specmask_concat)
 with ``hydra/launcher=joblib``: as many jobs at once as ``--jobs`` (default: the launcher's, one per CPU core or GPU), each on one thread;
 then retrains each on its validation fold, predicts the test split with the fold-0 models, and blends
 all jobs with OOF-fitted weights. It ends by printing its wall time, the submission's test MAP@3 and the
 MLflow UI command.
+
+``--task multi_label`` runs the same steps on the multi-label demo (``data=demo_multilabel``: clips of 1-3
+mixed sources in the FSDKaggle2019 layout, curated + noisy) with ``experiment=demo_multilabel`` and
+``blend=demo_multilabel``, writes an FSDKaggle2019 submission (a probability column per label) and prints its
+test lwlrap and mAP. The default, ``single_label``, is what `make demo` runs.
 
 Each step is the real entry point run as users run it; ``--set`` overrides go to every step (for example
 ``--set data.demo.n_train=120``), ``--train-set`` only to the training steps.
@@ -25,6 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_EXPERIMENT = "demo"
 DEFAULT_AUGS = "none,specmask_concat"
 DEFAULT_FOLDS = "0"
+DEFAULT_TASK = "single_label"
+# per task: the data config, the training preset, the blend preset
+TASK_PRESETS = {"single_label": ("demo", DEFAULT_EXPERIMENT, "demo"),
+                "multi_label": ("demo_multilabel", "demo_multilabel", "demo_multilabel")}
 
 
 def _members(train_overrides: list[str], augs: list[str], folds: list[str], stages=("", "_r")) -> list[str]:
@@ -61,11 +71,14 @@ def _run(step: str, args: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASK_PRESETS),
+                    help=f"single_label (the demo data, what `make demo` runs; the default) or multi_label (the "
+                         "multi-label demo in the FSDKaggle2019 layout, scored by lwlrap and mAP)")
     ap.add_argument("--folds", default=DEFAULT_FOLDS, help=f"validation folds of the sweep (default {DEFAULT_FOLDS})")
     ap.add_argument("--augs", default=DEFAULT_AUGS, help=f"aug options of the sweep (default {DEFAULT_AUGS})")
-    ap.add_argument("--experiment", default=DEFAULT_EXPERIMENT,
-                    help=f"the training preset (default {DEFAULT_EXPERIMENT}): demo_seed (the seed's recipe) or demo "
-                         "(experiment=scratch's recipe)")
+    ap.add_argument("--experiment", default=None,
+                    help=f"the training preset (default {DEFAULT_EXPERIMENT}; --task multi_label: demo_multilabel): "
+                         "demo_seed (the seed's recipe) or demo (experiment=scratch's recipe)")
     ap.add_argument("--jobs", default="auto",
                     help="training jobs at once: auto (hydra/launcher=joblib's default: one per CPU core, or per GPU), "
                          "a number, or 1 (Hydra's basic launcher, one job after the other)")
@@ -74,16 +87,17 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     folds = [f.strip() for f in a.folds.split(",") if f.strip()]
     augs = [x.strip() for x in a.augs.split(",") if x.strip()]
-    common = ["data=demo", *a.common]
-    jobs = [f"experiment={a.experiment}", f"fold={','.join(folds)}", f"aug={','.join(augs)}", *common, *a.train]
+    data, experiment, blend = TASK_PRESETS[a.task]
+    common = [f"data={data}", *a.common]
+    jobs = [f"experiment={a.experiment or experiment}", f"fold={','.join(folds)}", f"aug={','.join(augs)}", *common, *a.train]
     launcher = _launcher(a.jobs)  # a bad --jobs is refused before anything runs
     t0 = time.perf_counter()
     _run("preprocess.py", common)
     _run("train.py", ["-m", *launcher, *jobs])
     _run("train.py", ["-m", *launcher, *jobs, "stage=retrain_val"])
     _run("predict.py", [*common, f"runs=[{','.join(_members(jobs, augs, folds[:1], ('',)))}]"])
-    blend_out = _run("blend.py", [*common, "blend=demo", f"blend.members=[{','.join(_members(jobs, augs, folds))}]"])
-    _summary(time.perf_counter() - t0, blend_out)
+    blend_out = _run("blend.py", [*common, f"blend={blend}", f"blend.members=[{','.join(_members(jobs, augs, folds))}]"])
+    _summary(time.perf_counter() - t0, blend_out, data, a.task)
 
 
 def _launcher(jobs: str) -> list[str]:
@@ -96,15 +110,17 @@ def _launcher(jobs: str) -> list[str]:
     return [] if int(jobs) == 1 else ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={int(jobs)}"]
 
 
-def _summary(seconds: float, blend_out: list[str]) -> None:
+def _summary(seconds: float, blend_out: list[str], data: str = "demo", task: str = DEFAULT_TASK) -> None:
     root = Path(os.environ.get("FSTAG_ROOT", ".")).resolve()
     uri = os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     print(f"\nDemo job finished in {seconds:.0f} s (wall time).")
     for line in blend_out:
-        if line.startswith(("submission:", "test MAP@3")):
+        if line.startswith(("submission:", "test MAP@3", "test lwlrap")):
             print(line)
+    from fstag.core.task import get_task
     from fstag.runs.tracking import ui_command, ui_url
 
+    metric = get_task(task).val_metric  # val_map3 | val_lwlrap
     print("Compare the runs in the MLflow UI:")
     serve = ui_command(uri)
     if serve:
@@ -112,12 +128,13 @@ def _summary(seconds: float, blend_out: list[str]) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        exp = MlflowClient(uri).get_experiment_by_name("fstag-demo")
+        exp = MlflowClient(uri).get_experiment_by_name(f"fstag-{data}")
     except Exception:  # noqa: BLE001  (the summary must not fail the demo)
         exp = None
     if exp is not None:
-        print(f"  then open {ui_url(uri, exp.experiment_id)}")
-    print("List the jobs and their scores:  python -m fstag.runs --sort val_map3")
+        print(f"  then open {ui_url(uri, exp.experiment_id, order_by=f'best_{metric}')}")
+    data_arg = "" if data == "demo" else f" data={data}"
+    print(f"List the jobs and their scores:  python -m fstag.runs{data_arg} --sort {metric}")
 
 
 if __name__ == "__main__":

@@ -102,7 +102,9 @@ def test_second_preprocess_waits_for_the_first_and_never_interleaves(demo_projec
         cache = cache.parent
         second = subprocess.Popen(cmd, cwd=demo_project.root, env=demo_project.env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
-        threading.Timer(600, second.kill).start()  # never hang the suite if it waited silently
+        guard = threading.Timer(600, second.kill)  # never hang the suite if it waited silently
+        guard.daemon = True  # and never keep the test process alive once the test is over
+        guard.start()
         lines = []
         for line in second.stdout:  # until it reports the lock
             lines.append(line)
@@ -117,6 +119,7 @@ def test_second_preprocess_waits_for_the_first_and_never_interleaves(demo_projec
         first.send_signal(signal.SIGCONT)
     out1, _ = first.communicate(timeout=600)
     out2, _ = second.communicate(timeout=600)
+    guard.cancel()
     assert first.returncode == 0 and second.returncode == 0, out1 + out2
     assert "features up to date" in "".join(lines) + out2  # the second found the first's work complete
     # the cache equals the one the session's single preprocess.py made

@@ -37,7 +37,7 @@ def test_defaults_are_the_seeds(monkeypatch, tmp_path):
     es = cfg["callbacks"]["early_stopping"]
     assert (es["monitor"], es["mode"], es["patience"], es["min_delta"]) == ("val_acc1", "max", 12, 0.01)
     assert cfg["mixup"] == {"enabled": True, "prob": 0.7, "alpha": 3.0}
-    assert cfg["retrain"] == {"max_epochs": 10, "min_epochs": 2, "patience": 6}
+    assert cfg["retrain"] == {"lr_scale": 1.0, "max_epochs": 10, "min_epochs": 2, "patience": 6}
     assert cfg["features"]["n_fft"] == 1764 and cfg["features"]["hop_length"] == 220
     assert cfg["predict"]["tta"] == 5 and cfg["folds"]["n_splits"] == 5
 

@@ -10,8 +10,8 @@ Each command line (backslash continuations joined, `# comments` stripped) is che
   <dir> --config-name <name>`` (blend.py's rebuild) must name the folder and file that blend.py writes.
 - ``python -m fstag.<module> ...``: the module's ``--help`` runs, and lists every ``--option`` used.
 - ``make <target>``: the Makefile has the target.
-- ``mlflow ui|server ...``: .venv/bin/mlflow exists and its CLI defines every ``--option`` used (servers are
-  not started).
+- ``mlflow ui|server|models serve|models predict ...``: .venv/bin/mlflow exists and its CLI defines every
+  ``--option`` used (servers are not started).
 - ``export NAME=value`` and ``. .venv/bin/activate``: shell builtins (the exports of a block apply to the
   commands after them in that block).
 - anything else fails, saying how to support it, so no unchecked command gets into the docs.
@@ -298,10 +298,12 @@ def check_mlflow(cmd: str, exe: str, args: list[str]) -> None:
         fail(cmd, ".venv/bin/mlflow is missing (make setup installs it)")
     if exe not in ("mlflow", ".venv/bin/mlflow"):
         fail(cmd, f"{exe}: write mlflow or .venv/bin/mlflow")
-    if not args or args[0] not in ("ui", "server"):
-        fail(cmd, "only `mlflow ui` and `mlflow server` are checked; teach check_mlflow about others")
-    source = mlflow_cli_source()
-    for opt in long_options(args[1:]):
+    models = args[:2] in (["models", "serve"], ["models", "predict"])  # docs/serving.md
+    if not args or (args[0] not in ("ui", "server") and not models):
+        fail(cmd, "only `mlflow ui`, `mlflow server` and `mlflow models serve|predict` are checked; teach check_mlflow about others")
+    source = mlflow_cli_source() + ((Path(importlib.util.find_spec("mlflow").origin).parent / "models" / "cli.py").read_text()
+                                    if models else "")
+    for opt in long_options(args[2 if models else 1:]):
         if f'"{opt}"' not in source:
             fail(cmd, f"mlflow {args[0]} has no option {opt}")
 

@@ -53,6 +53,19 @@ def test_demo_job_end_to_end(tmp_path):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert {f"cnn_small/none/{variant['']}/fold_0", f"cnn_small/none/{variant['_r']}/fold_1_r", "blend/demo"} <= names
 
+    # scores compare like with like: a retrain_val job trained on its validation fold, so it never ranks by its
+    # in-sample scores (fit_*); the listing ranks it by its parent's, marked, and the UI's order puts train jobs first
+    listing = project.run("-m fstag.runs", "--sort", "val_map3").stdout.splitlines()
+    assert listing[1].split()[3] == "train", listing
+    retrain_rows = [line.split() for line in listing[1:5] if " retrain_val " in line]
+    assert retrain_rows and all(r[6].endswith("^") for r in retrain_rows)
+    by_ui = client.search_runs([exp.experiment_id], "tags.`fstag.arch` = 'cnn_small'",
+                               order_by=["metrics.`best_val_map3` DESC"])
+    assert [r.data.tags["fstag.stage"] for r in by_ui[:2]] == ["train", "train"]
+    retrained = [r for r in by_ui if r.data.tags["fstag.stage"] == "retrain_val"]
+    assert retrained and all("best_val_map3" not in r.data.metrics and "best_fit_map3" in r.data.metrics
+                             and "parent_val_map3" in r.data.metrics for r in retrained)
+
 
 def test_the_demo_jobs_sweeps_run_as_many_jobs_at_once_as_asked():
     from fstag.demo_job import _launcher

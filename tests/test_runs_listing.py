@@ -43,16 +43,26 @@ def _run_json(project, name: str) -> dict:
 
 def test_the_listing_shows_every_job_with_its_scores_from_the_directories_and_from_mlflow(flow):
     out = runs_listing(flow, "--sort", "val_map3").stdout
-    rows = [line.split() for line in out.splitlines()[1:-1]]
-    assert sorted(r[0] for r in rows) == JOBS and out.splitlines()[-1].startswith("8 job(s) from ")
-    header = out.splitlines()[0].split()
+    lines = out.splitlines()
+    rows = [line.split() for line in lines[1:-2]]
+    assert sorted(r[0] for r in rows) == JOBS and lines[-2].startswith("8 job(s) from ")
+    assert lines[-1].startswith("(^ retrain_val: its train parent's held-out score")
+    header = lines[0].split()
     assert header == ["job", "variant", "fold", "stage", "complete", "val_acc1", "val_map3", "oof_map3", "epochs", "mlflow_run_id"]
     for r in rows:
         info = _run_json(flow, r[0])
-        assert r[4] == "yes" and r[7] == f"{info['oof_map3']:.4f}" and r[6] == f"{info['best_metrics']['val_map3']:.4f}"
+        assert r[4] == "yes" and r[7] == f"{info['oof_map3']:.4f}"
         assert r[9] == info["mlflow_run_id"] and r[3] == info["stage"] and r[8] == str(info["epochs_trained"])
-    scores = [float(r[6]) for r in rows]
+        if info["stage"] == "retrain_val":  # in-sample fit_* scores are never shown as val_*: its parent's, marked
+            parent = _run_json(flow, r[0].replace("retrain.max_epochs=1,", "")[:-2])
+            assert r[6] == f"{parent['best_metrics']['val_map3']:.4f}^" == f"{info['parent_metrics']['val_map3']:.4f}^"
+            assert "val_map3" not in info["best_metrics"] and "fit_map3" in info["best_metrics"]
+        else:
+            assert r[6] == f"{info['best_metrics']['val_map3']:.4f}"
+    scores = [float(r[6].rstrip("^")) for r in rows]
     assert scores == sorted(scores, reverse=True)
+    # ties (a retrain_val job and its parent) go to the name: a train job first
+    assert rows[0][3] == "train"
     # the same jobs and run ids from the SQLite store alone
     from_mlflow = runs_listing(flow, "--source", "mlflow", "--as", "json").stdout
     local = {r["name"]: r for r in json.loads(runs_listing(flow, "--as", "json").stdout)}

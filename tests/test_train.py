@@ -277,7 +277,8 @@ def test_retrain_val_of_a_variant_starts_from_that_variants_parent(lr_grid):
 def test_a_failing_job_fails_its_sweep_and_concurrent_sweeps_keep_their_parents(demo_project):
     from fstag.runs.tracking import ensure_experiment
 
-    ensure_experiment(demo_project.tracking_uri, "fstag-demo")  # the store exists before two sweeps share it
+    # the store exists before two sweeps share it (its artifacts where train.py puts them, not in ./mlruns)
+    ensure_experiment(demo_project.tracking_uri, "fstag-demo", str(demo_project.root / "mlartifacts"))
     common = [*TINY_TRAIN, "trainer.max_epochs=1", "exp=two"]
     procs = [subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", *common, *folds], cwd=demo_project.root,
                               env=demo_project.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -86,7 +86,51 @@ def _child(request: dict) -> None:
         sys.argv = list(args)
         sys.path[0] = str(Path(args[0]).resolve().parent)
         runpy.run_path(args[0], run_name="__main__")
-    # falling off the end: the interpreter exits normally (exit code 0, atexit handlers, stream flushes)
+    # falling off the end: exit code 0 (_end_child runs the interpreter's exit steps)
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """The exit status the interpreter gives an uncaught ``SystemExit`` (printing a message code)."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _end_child(request: dict) -> None:
+    """Run the command in the forked child and end it as the interpreter would: the exit code of a
+    ``SystemExit`` or 1 with the traceback of an uncaught exception, then the interpreter's shutdown steps
+    (waiting for non-daemon threads, atexit handlers, flushing the streams) and ``os._exit``. The last step
+    skips the C++ static destructors a normal exit runs: in a forked child those of libraries the server had
+    loaded (onnxruntime, which torchmetrics imports when it is installed) join thread pools that exist only in
+    the parent and abort the child ("terminate called after throwing ... std::system_error")."""
+    import atexit
+    import threading
+    import traceback
+
+    code = 0
+    try:
+        _child(request)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:  # noqa: BLE001  (an uncaught exception ends python with status 1 and its traceback)
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()  # as the interpreter does first: wait for the non-daemon threads
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001
+        traceback.print_exc()
+        code = code or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(code)
 
 
 def serve() -> None:
@@ -108,8 +152,7 @@ def serve() -> None:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(request)  # an exception or SystemExit ends the child as it would end the interpreter
-            return  # leave serve(): the child ends as the interpreter ends
+            _end_child(request)  # never returns
         reply.write(json.dumps({"pid": pid}) + "\n")
         reply.flush()
         _, status = os.waitpid(pid, 0)

@@ -90,8 +90,13 @@ def assign_folds(train: pd.DataFrame, n_splits: int = 5, seed: int = 2018, multi
         splitter, target = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed), train["label"].to_numpy()
     with warnings.catch_warnings():  # "least populated class has only N members": handled by design
         warnings.simplefilter("ignore", UserWarning)
-        for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(train)), target)):
-            folds[val_idx] = k
+        try:
+            for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(train)), target)):
+                folds[val_idx] = k
+        except ValueError as exc:  # e.g. every label has fewer rows than folds
+            counts = train["label"].value_counts()
+            raise FoldsError(f"folds.n_splits={n_splits} cannot split these {len(train)} rows by label ({exc}); the "
+                             f"largest label has {int(counts.max())} rows: lower folds.n_splits or add clips") from None
     return folds
 
 

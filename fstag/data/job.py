@@ -148,6 +148,8 @@ def preprocess(
     :class:`fstag.data.layouts.DatasetError` for a malformed CSV (e.g. an absolute or ``..`` fname).
     """
     layout = data if isinstance(data, Layout) else DatasetLayout(Path(data))
+    if hasattr(layout, "check_audio"):  # layouts whose CSVs must match the audio: a missing file names its row
+        layout.check_audio()
     directory = feature_dir(features_dir, cfg)
     directory.mkdir(parents=True, exist_ok=True)
     with _writer_lock(directory):

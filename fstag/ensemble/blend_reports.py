@@ -43,7 +43,7 @@ def log_blend_reports(tracking_uri: str, run_id: str, labels, out_dir: str | Pat
     (metrics ``test_map3/<label>``; multi-label ``test_lwlrap/<label>``)."""
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri) if isinstance(tracking_uri, str) else tracking_uri  # or a client
     done = []
     if oof_probs is not None:
         done.append(log_class_report(client, run_id, oof_probs, oof_targets, labels, out_dir, "oof", "blend", task=task))

@@ -230,50 +230,56 @@ def save_config(cfg: DictConfig, members: list[Member], weights: list[float], ou
 
 def log_to_mlflow(cfg: DictConfig, spec: BlendSpec, members, weights, metrics, artifacts, output_dir,
                   families: Families | None = None, also=None, task: Task | None = None) -> str:
-    """Log the blend as one MLflow run ``blend/<name>``; return its run id. ``families``: the members
-    that share one OOF weight (a train run and its retrain_val runs), logged as the ``families`` param.
-    ``also(run_id)`` logs more (the per-class reports) before the run is marked FINISHED."""
+    """Log the blend as one MLflow run ``blend/<name>``; return its run id (a ``local-`` placeholder while the
+    tracking store is away). ``families``: the members that share one OOF weight (a train run and its retrain_val
+    runs), logged as the ``families`` param. ``also(run_id, client)`` logs more (the per-class reports) before the
+    run is marked FINISHED. The calls go to ``<output_dir>/mlflow_journal.jsonl`` (:mod:`fstag.runs.journal`),
+    sent by a thread; the blend waits ``mlflow.end_wait_s`` at most (as long as the backlog moves) and otherwise
+    leaves the journal for ``python -m fstag.runs sync``, which replaces the placeholder in blend.json."""
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
+
+    from fstag.runs.journal import RunJournal, Settings, pending_dir
 
     uri = str(cfg.mlflow.tracking_uri)
-    exp_id = ensure_experiment(uri, str(cfg.mlflow.experiment), cfg.mlflow.get("artifact_location"))
-    client = MlflowClient(tracking_uri=uri)
+    settings = Settings.of(to_plain(cfg.mlflow))
+    journal = RunJournal.open(output_dir, uri, expect=None, pending_root=pending_dir(str(cfg.paths.root_dir)),
+                              settings=settings)
     tags = {"fstag.blend_dir": str(output_dir), "fstag.task": task.name if task is not None else "single_label"}
-    run = client.create_run(exp_id, run_name=f"blend/{spec.name}", tags=tags)
-    run_id = run.info.run_id
+    run_id = journal.open_run(
+        str(cfg.mlflow.experiment), cfg.mlflow.get("artifact_location"), f"blend/{spec.name}", tags,
+        {
+            "members": json.dumps([m.key for m in members]),
+            "member_dirs": json.dumps([str(m.path.resolve()) for m in members]),
+            "weights": json.dumps(weights),
+            "weights_mode": "oof" if spec.weights == "oof" else "equal" if spec.weights is None else "given",
+            "oof.folds": spec.cv_folds,
+            "oof.seed": spec.cv_seed,
+            "oof.min_verified": spec.min_verified,
+            "families": json.dumps({k: [m.key for m, f in zip(members, families.of_member) if f == i]
+                                    for i, k in enumerate(families.keys)} if families else None),
+            "method": spec.method,
+            "calibration": spec.calibration,
+            "prior.test_share": json.dumps(spec.test_share),
+            "exp": str(cfg.exp),
+        },
+    )
+    client = journal.client()
     try:
-        log_params_flat(
-            client,
-            run_id,
-            {
-                "members": json.dumps([m.key for m in members]),
-                "member_dirs": json.dumps([str(m.path.resolve()) for m in members]),
-                "weights": json.dumps(weights),
-                "weights_mode": "oof" if spec.weights == "oof" else "equal" if spec.weights is None else "given",
-                "oof.folds": spec.cv_folds,
-                "oof.seed": spec.cv_seed,
-                "oof.min_verified": spec.min_verified,
-                "families": json.dumps({k: [m.key for m, f in zip(members, families.of_member) if f == i]
-                                        for i, k in enumerate(families.keys)} if families else None),
-                "method": spec.method,
-                "calibration": spec.calibration,
-                "prior.test_share": json.dumps(spec.test_share),
-                "exp": str(cfg.exp),
-            },
-        )
         clean = {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(metric_name(k), v, now, 0) for k, v in sorted(clean.items())])
-        for path in artifacts:
+        for path in artifacts:  # copied beside the journal when they live elsewhere (the submission)
             client.log_artifact(run_id, str(path))
         if also is not None:
-            also(run_id)
+            also(run_id, client)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
+        journal.close(wait_s=settings.end_wait_s)
         raise
     client.set_terminated(run_id, "FINISHED")
-    return run_id
+    journal.sync_to_disk()
+    journal.close(wait_s=settings.end_wait_s)
+    return journal.current_id
 
 
 @dataclass
@@ -308,9 +314,9 @@ def run_blend(cfg: DictConfig, output_dir: str | Path) -> dict[str, float]:
     metrics.update({f"test_{k}": v for k, v in test_scores.items()})
     config_path = save_config(cfg, inputs.members, weights, output_dir)
 
-    def reports(run_id: str) -> None:  # per-class reports on the blended OOF rows and the scored test rows
+    def reports(run_id: str, client=None) -> None:  # per-class reports on the blended OOF rows and the scored test rows
         shared = inputs.shared
-        log_blend_reports(str(cfg.mlflow.tracking_uri), run_id, inputs.labels, Path(output_dir) / REPORTS_DIR,
+        log_blend_reports(client or str(cfg.mlflow.tracking_uri), run_id, inputs.labels, Path(output_dir) / REPORTS_DIR,
                           combine(shared.probs, family_w, spec.method, task) if shared.fnames else None, shared.targets,
                           blend_test, inputs.test_fnames, truth, task)
 
@@ -346,7 +352,7 @@ def write_blend_record(output_dir, spec: BlendSpec, inputs: BlendInputs, weights
 def load_members(cfg: DictConfig, spec: BlendSpec) -> BlendInputs:
     """Resolve and check every member, then read their test predictions and OOF rows."""
     members = resolve_members(spec.members, Path(cfg.paths.runs_dir) / str(cfg.exp), str(cfg.mlflow.tracking_uri),
-                              str(cfg.data.root), experiment=str(cfg.mlflow.experiment))
+                              str(cfg.data.root), experiment=str(cfg.mlflow.experiment), data=cfg.data)
     labels = members[0].run.labels
     task = task_of(members[0].run.info)
     layout = open_layout(cfg.data)

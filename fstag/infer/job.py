@@ -178,7 +178,7 @@ def resolve_runs(cfg: DictConfig) -> list[RunDir]:
                          "selectors (sweep:<name>, a pattern such as cnn_small/*/fold_*)")
     runs_root = Path(str(cfg.paths.runs_dir)) / str(cfg.exp)
     return [m.run for m in resolve_members(specs, runs_root, str(cfg.mlflow.tracking_uri), str(cfg.data.root),
-                                           checkpoints=True, experiment=str(cfg.mlflow.experiment))]
+                                           checkpoints=True, experiment=str(cfg.mlflow.experiment), data=cfg.data)]
 
 
 def predict_with_runs(cfg: DictConfig, runs: list[RunDir], clips: list, fnames: list[str], errors: list[str | None],

@@ -17,15 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fstag.core.task import SINGLE_LABEL, get_task
 from fstag.runs.identity import DEFAULT_VARIANT, IDENTITY_JSON, VARIANT_JSON
-from fstag.runs.run_dir import MLFLOW_RUN_DIR_TAG, RUN_JSON, STAGE_SUFFIX, job_name
+from fstag.runs.run_dir import FAILURE_JSON, MLFLOW_RUN_DIR_TAG, RUN_JSON, STAGE_SUFFIX, job_name
 
 log = logging.getLogger(__name__)
 
 SWEEPS_DIR = ".sweeps"  # below <runs_dir>/<exp>: one launch record per sweep, and its jobs' records
 SWEEP_JOBS = "jobs"      # <runs_dir>/<exp>/.sweeps/<parent run id>/jobs/<job>.json
-METRICS = ("val_acc1", "val_map3", "oof_map3")
+METRICS = ("val_acc1", "val_map3", "oof_map3")  # a single-label job's listed scores (see task_metrics)
 _JOB = re.compile(r"fold_(\d+)(_r|_st)?")  # train, retrain_val, self_train
+
+
+def task_metrics(task_name: str) -> tuple[str, ...]:
+    """The scores the listing shows for a task: its validation metrics (single-label: val_acc1, val_map3, in
+    the order the listing always had) and its primary OOF score."""
+    task = get_task(task_name)
+    vals = ("val_acc1", "val_map3") if task.name == SINGLE_LABEL else task.val_metrics
+    return (*vals, f"oof_{task.primary}")
 
 
 @dataclass
@@ -40,10 +49,14 @@ class JobRecord:
     run_id: str | None = None     # its MLflow run
     complete: bool = False
     status: str = ""              # the MLflow run's status, or complete / running / incomplete locally
-    metrics: dict[str, float] = field(default_factory=dict)   # val_acc1, val_map3 (best epoch), oof_map3
+    # the best epoch's val_* (a retrain_val job's: fit_*, in-sample) and the oof_* scores
+    metrics: dict[str, float] = field(default_factory=dict)
     epochs: int | None = None
     overrides: list[str] = field(default_factory=list)         # the variant's items
     sweeps: list[str] = field(default_factory=list)            # parent run ids of the launches that ran it
+    task: str = SINGLE_LABEL
+    parent_metrics: dict[str, float] = field(default_factory=dict)  # retrain_val: its train parent's val_* scores
+    cause: str = ""               # why its last attempt ended unfinished (failure.json), when it did
 
     @property
     def name(self) -> str:
@@ -83,9 +96,22 @@ class JobRecord:
         return str(self.path)
 
     def metric(self, name: str) -> float:
+        """The job's own score ``name`` (``val_map3``, ``fit_map3``, ``oof_lwlrap``, ``epochs``; NaN if absent)."""
         if name in ("epochs", "epochs_trained"):
             return float("nan") if self.epochs is None else float(self.epochs)
         return float(self.metrics.get(name.removeprefix("best_"), float("nan")))
+
+    def heldout(self, name: str, by_name: dict[str, "JobRecord"] | None = None) -> tuple[float, bool]:
+        """``(score, from_parent)``: a held-out score to rank the job by. A retrain_val job trained on its
+        validation fold, so its ``val_*`` scores are its train parent's (recorded in its run.json, else read
+        from the parent's record in ``by_name``); ``from_parent`` says so. Other metrics are the job's own."""
+        name = name.removeprefix("best_")
+        if self.stage != "retrain_val" or not name.startswith("val_"):
+            return self.metric(name), False
+        if name in self.parent_metrics:
+            return float(self.parent_metrics[name]), True
+        parent = (by_name or {}).get(self.parent_name)
+        return (parent.metric(name) if parent is not None else float("nan")), True
 
 
 def _nan(x: Any) -> float:
@@ -94,6 +120,18 @@ def _nan(x: Any) -> float:
     except (TypeError, ValueError):
         return float("nan")
     return v
+
+
+def _own_metrics(info: dict, retrain: bool) -> dict[str, float]:
+    """A run.json's scores: the best epoch's (``val_*``; a retrain_val job's ``fit_*``: it "validated" on rows
+    its parent trained on, and runs recorded before that name were saved as ``val_*``) and the ``oof_*`` ones."""
+    best = {str(k): _nan(v) for k, v in (info.get("best_metrics") or {}).items()}
+    if "best_val_acc1" in info and not retrain:
+        best.setdefault("val_acc1", _nan(info["best_val_acc1"]))
+    if retrain:
+        best = {("fit_" + k[4:] if k.startswith("val_") else k): v for k, v in best.items()}
+    oof = {str(k): _nan(v) for k, v in info.items() if str(k).startswith("oof_") and str(k) != "oof_source"}
+    return {**best, **oof}
 
 
 # local ------------------------------------------------------------------------------------------------
@@ -116,13 +154,21 @@ def read_job(job_dir: Path) -> JobRecord | None:
         rec.complete = bool(info.get("complete", False))
         rec.status = "complete" if rec.complete else "incomplete"
         rec.run_id = info.get("mlflow_run_id")
-        best = info.get("best_metrics") or {}
-        rec.metrics = {"val_acc1": _nan(info.get("best_val_acc1", best.get("val_acc1"))),
-                       "val_map3": _nan(best.get("val_map3")), "oof_map3": _nan(info.get("oof_map3"))}
+        rec.task = str(info.get("task") or SINGLE_LABEL)
+        rec.metrics = _own_metrics(info, job.endswith("_r"))
+        rec.parent_metrics = {str(k): _nan(v) for k, v in (info.get("parent_metrics") or {}).items()}
         rec.epochs = info.get("epochs_trained")
         rec.overrides = [str(o) for o in info.get("overrides") or []]
     else:
         rec.status = "running" if (job_dir / "checkpoints").is_dir() else "started"
+        failure = job_dir / FAILURE_JSON  # its last attempt was killed or crashed (fstag.runs.sweep_jobs)
+        if failure.is_file():
+            try:
+                why = json.loads(failure.read_text())
+                rec.status = str(why.get("status") or "failed").lower()
+                rec.cause = str(why.get("cause") or "")
+            except json.JSONDecodeError:
+                rec.status = "failed"
         ident = job_dir / IDENTITY_JSON
         if ident.is_file():
             rec.overrides = [str(o) for o in json.loads(ident.read_text()).get("overrides") or []]
@@ -178,7 +224,22 @@ def local_jobs(exp_dir: str | Path) -> list[JobRecord]:
             rec = by_path.get(Path(str(j.get("job_dir", ""))).resolve())
             if rec is not None and sweep["mlflow_parent_run_id"] not in rec.sweeps:
                 rec.sweeps.append(sweep["mlflow_parent_run_id"])
+            if rec is not None and rec.status in ("running", "started") and _process_gone(j):
+                rec.status, rec.cause = "killed", f"its process (pid {j.get('pid')}) is gone; rerun the command to resume it"
     return sorted(found, key=lambda r: r.name)
+
+
+def _process_gone(record: dict) -> bool:
+    """Whether a job record says RUNNING for a process of this host that no longer runs (a job or launcher
+    killed before it could record its end)."""
+    if str(record.get("status", "")).upper() != "RUNNING" or not record.get("pid"):
+        return False
+    from fstag.runs.job_guard import process_alive
+
+    try:
+        return process_alive(str(record.get("host", "")), int(record["pid"]), str(record.get("pid_start") or "")) is False
+    except (TypeError, ValueError):
+        return False
 
 
 # MLflow -----------------------------------------------------------------------------------------------
@@ -237,16 +298,22 @@ def mlflow_jobs(tracking_uri: str, experiment: str, exp: str | None = None) -> l
             continue
         if exp is not None and tags.get("fstag.exp") != exp:
             continue
-        job = job_name(int(tags.get("fstag.fold", 0)), tags.get("fstag.stage", "train"))
+        stage = tags.get("fstag.stage", "train")
+        job = job_name(int(tags.get("fstag.fold", 0)), stage)
         epochs = m.get("epochs_trained")
+        best = {k[len("best_"):]: v for k, v in m.items() if k.startswith("best_")}
+        if stage == "retrain_val":  # runs logged before retrain_val's in-sample scores were named fit_*
+            best = {("fit_" + k[4:] if k.startswith("val_") else k): v for k, v in best.items()}
+        oof = {k: v for k, v in m.items() if k.startswith("oof_") and "/" not in k}
         rec = JobRecord(
             arch=tags["fstag.arch"], aug=tags.get("fstag.aug", "none"), variant=tags.get("fstag.variant", DEFAULT_VARIANT),
             job=job, path=None, run_id=r.info.run_id, status=r.info.status,
-            complete=r.info.status == "FINISHED" and "oof_map3" in m,
-            metrics={"val_acc1": m.get("best_val_acc1", math.nan), "val_map3": m.get("best_val_map3", math.nan),
-                     "oof_map3": m.get("oof_map3", math.nan)},
+            complete=r.info.status == "FINISHED" and bool(oof),
+            metrics={**best, **oof},
             epochs=None if epochs is None else int(epochs),
             overrides=sorted(f"{k[len('fstag.override.'):]}={v}" for k, v in tags.items() if k.startswith("fstag.override.")),
+            task=tags.get("fstag.task", SINGLE_LABEL),
+            parent_metrics={k[len("parent_"):]: v for k, v in m.items() if k.startswith("parent_val_")},
         )
         local = Path(tags[MLFLOW_RUN_DIR_TAG])
         if (local / RUN_JSON).is_file():

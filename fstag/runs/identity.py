@@ -56,6 +56,7 @@ DATA_LOCATION = ("data.root", "data.features_dir", "data.generate", "data.demo")
 ADDED_KEYS = {
     "task.name": "single_label", "task.monitor": "val_acc1", "data.task": "single_label", "data.layout": "kaggle2018",
     "folds.method": "stratified", "loss.name": "auto", "loss.focal_gamma": 2.0, "predict.window_reduce": "mean",
+    "retrain.lr_scale": 1.0,
 }
 # Keys that only matter to another stage: ``retrain.*`` shape a retrain_val job, ``self_train.*`` a
 # self_train job; the other stages leave them out of their variant and identity.

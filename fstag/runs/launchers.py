@@ -3,10 +3,12 @@
 - ``${fstag.n_jobs:}``: parallel jobs of ``hydra/launcher=joblib``: ``launcher.jobs_per_gpu`` per device of
   ``launcher.gpus`` (the visible CUDA devices when null), else one per CPU as joblib counts them (affinity
   and cgroup quotas included);
-- :func:`lease_gpu`: each joblib worker process leases one *slot* (a device and a slot number on it), so
-  the jobs of a sweep spread over the GPUs and at most ``jobs_per_gpu`` share one (each job uses
-  ``trainer.devices=1``). The lease travels to the job as ``FSTAG_DEVICE_LEASE`` (``<device>:<slot>``),
-  which the job records in run.json and as an MLflow tag (:func:`current_lease`).
+- :func:`lease_gpu`: each job's process (``hydra/launcher=joblib``: :mod:`fstag.runs.isolated_launcher`)
+  leases one *slot* (a device and a slot number on it), so the jobs of a sweep spread over the GPUs and at
+  most ``jobs_per_gpu`` share one (each job uses ``trainer.devices=1``). A slot is an ``flock`` on a file
+  (:func:`lease_folder`), which the kernel drops when the holding process dies however it dies, so a dead
+  job's slot goes to the next job. The lease travels to the job as ``FSTAG_DEVICE_LEASE``
+  (``<device>:<slot>``), which the job records in run.json and as an MLflow tag (:func:`current_lease`).
 
 ``launcher.jobs_per_gpu: auto`` is :data:`AUTO_JOBS_PER_GPU` jobs on a GPU of at least
 :data:`AUTO_MIN_GPU_GB` GB, else one. The figure is issue 16's measurement on one H200 at the seed's batch
@@ -22,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ LEASE_ENV = "FSTAG_DEVICE_LEASE"  # the running job's slot, "<device>:<slot>" (s
 JOBS_PER_GPU_KEY = "launcher.jobs_per_gpu"
 GPUS_KEY = "launcher.gpus"
 
-_lease = None  # this worker process's slot lock and (device, slot), held for the life of the process
+_lease = None  # this worker process's slot: (locked descriptor, device, slot), held for the life of the process
 
 
 def visible_gpus() -> list[str]:
@@ -112,33 +115,60 @@ def slots(gpus: list[str], per_gpu: int) -> list[tuple[str, int]]:
     return [(g, s) for s in range(per_gpu) for g in gpus]
 
 
-def lease_gpu(gpus: list[str], key: str, per_gpu: int = 1) -> str | None:
+def _try_lock(path: Path) -> int | None:
+    """An exclusive ``flock`` on ``path`` without waiting: the open descriptor (kept open, the lock lasts as
+    long as it does) or None when another process holds it. The kernel drops the lock when the holder's
+    last descriptor closes, so a process that dies, however it dies (SIGKILL, the OOM killer, a crash in
+    native code), frees its slot; its forked children (DataLoader workers) share the descriptor and hold the
+    lock until they exit too (they notice their parent is gone within seconds)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)  # the holder, for whoever looks: "<pid>"
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def lease_folder(key: str) -> Path:
+    """The folder of a launch's slot locks (``<temp>/fstag-gpus-<key>/<device>-<slot>.lock``)."""
+    return Path(tempfile.gettempdir()) / f"fstag-gpus-{key}"
+
+
+def lease_gpu(gpus: list[str], key: str, per_gpu: int = 1, wait_s: float = 0.0) -> str | None:
     """Pin this process to a slot of ``gpus`` (``per_gpu`` slots each) that no other process of the launch
     ``key`` holds.
 
     Sets ``CUDA_VISIBLE_DEVICES`` to the slot's device (call it before CUDA starts in the process) and
-    ``FSTAG_DEVICE_LEASE`` to ``<device>:<slot>``. The lease is a lock file per slot below the temp folder,
-    held until the process ends; a process keeps its slot for every job it runs. Returns the device, or
-    None when every slot is taken (CUDA left as is).
+    ``FSTAG_DEVICE_LEASE`` to ``<device>:<slot>``. The lease is an ``flock`` on a file per slot below the
+    temp folder (:func:`lease_folder`), held until the process ends; a process keeps its slot for every job
+    it runs, and a process that dies frees it for the next one (:func:`_try_lock`). When every slot is
+    held, it tries again for up to ``wait_s`` seconds (a dead job's DataLoader workers may hold its slot a
+    few seconds longer). Returns the device, or None when no slot came free (CUDA left as is).
     """
     global _lease
     if _lease is not None:
         return _lease[1]
-    from filelock import FileLock, Timeout
-
-    folder = Path(tempfile.gettempdir()) / f"fstag-gpus-{key}"
+    folder = lease_folder(key)
     folder.mkdir(parents=True, exist_ok=True)
-    for gpu, slot in slots(gpus, max(1, int(per_gpu))):
-        lock = FileLock(str(folder / f"{gpu}-{slot}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue
-        _lease = (lock, gpu, slot)
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-        os.environ[LEASE_ENV] = f"{gpu}:{slot}"
-        log.info("this worker (pid %d) trains on GPU %s, slot %d of %d", os.getpid(), gpu, slot, per_gpu)
-        return gpu
+    deadline = time.monotonic() + max(0.0, float(wait_s))
+    while True:
+        for gpu, slot in slots(gpus, max(1, int(per_gpu))):
+            fd = _try_lock(folder / f"{gpu}-{slot}.lock")
+            if fd is None:
+                continue
+            _lease = (fd, gpu, slot)
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+            os.environ[LEASE_ENV] = f"{gpu}:{slot}"
+            log.info("this worker (pid %d) trains on GPU %s, slot %d of %d", os.getpid(), gpu, slot, per_gpu)
+            return gpu
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     log.warning("all %d slots of GPUs %s are leased by other workers of this launch; CUDA_VISIBLE_DEVICES left "
                 "as is", len(gpus) * per_gpu, gpus)
     return None

@@ -2,6 +2,12 @@
 
     python -m fstag.runs                                   # every job of exp (default: the data set's name)
     python -m fstag.runs 'sweep:lr' --sort val_map3        # one launch's jobs, best first
+    python -m fstag.runs --sort score                      # by the task's held-out score (val_map3 / val_lwlrap)
+
+Every score shown is held-out: a retrain_val job trained on its validation fold, so its ``val_*`` cells show
+its train parent's scores, marked ``^`` (and it is sorted by them); its own in-sample scores are ``fit_*``
+(``--as json`` has them). The columns follow the jobs' tasks: val_acc1, val_map3, oof_map3 (single-label),
+val_lwlrap, val_map, oof_lwlrap (multi-label).
     python -m fstag.runs 'cnn_small/*/*/fold_*' --as members   # the YAML list blend.members takes
     python -m fstag.runs --sweeps                          # the experiment's sweeps (launches)
     python -m fstag.runs --source mlflow mlflow.tracking_uri=http://127.0.0.1:5000
@@ -23,11 +29,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from fstag.runs.catalog import Catalog, JobRecord, load_catalog
+from fstag.core.task import SINGLE_LABEL, get_task
+from fstag.runs.catalog import Catalog, JobRecord, load_catalog, task_metrics
 from fstag.runs.selectors import SelectorError, select
 
 FORMATS = ("table", "members", "csv", "json")
 COLUMNS = ("job", "variant", "fold", "stage", "complete", "val_acc1", "val_map3", "oof_map3", "epochs", "mlflow_run_id")
+FROM_PARENT = "^"  # a cell holding a retrain_val job's parent's held-out score
+SORT_BY_TASK = "score"  # --sort score: the task's own held-out validation score
+
+
+def columns_for(recs: list[JobRecord]) -> tuple[str, ...]:
+    """The listing's columns: the scores of the jobs' tasks (single-label's when there are no jobs)."""
+    tasks = list(dict.fromkeys(r.task for r in recs)) or [SINGLE_LABEL]
+    scores = list(dict.fromkeys(m for t in tasks for m in task_metrics(t)))
+    return ("job", "variant", "fold", "stage", "complete", *scores, "epochs", "mlflow_run_id")
+
+
+def sort_metric(sort: str, recs: list[JobRecord]) -> str:
+    """``--sort score`` as the jobs' task's validation metric (the first job's task when they differ)."""
+    if sort != SORT_BY_TASK:
+        return sort
+    return get_task(recs[0].task if recs else SINGLE_LABEL).val_metric
 
 
 def compose(overrides: list[str]) -> DictConfig:
@@ -62,24 +85,27 @@ def rows(cfg: DictConfig, catalog: Catalog) -> list[JobRecord]:
     else:
         picked = list(catalog.jobs)
     if cfg.sort:
-        metric = str(cfg.sort)
+        metric = sort_metric(str(cfg.sort), picked)
+        by_name = {r.name: r for r in catalog.jobs}
 
-        def key(r: JobRecord):
-            v = r.metric(metric)
-            return (not math.isfinite(v), -v if math.isfinite(v) else 0.0, r.name)
+        def key(r: JobRecord):  # ties (a retrain_val job and its parent's score): the job's own score first
+            v, parent = r.heldout(metric, by_name)
+            return (not math.isfinite(v), -v if math.isfinite(v) else 0.0, parent, r.name)
 
         return sorted(picked, key=key)
     return sorted(picked, key=lambda r: r.name)
 
 
-def _cells(r: JobRecord) -> dict[str, str]:
-    def f(v: float) -> str:
-        return f"{v:.4f}" if math.isfinite(v) else "-"
+def _cells(r: JobRecord, columns: tuple[str, ...], by_name: dict[str, JobRecord]) -> dict[str, str]:
+    def f(name: str) -> str:
+        v, parent = r.heldout(name, by_name)
+        return (f"{v:.4f}" + (FROM_PARENT if parent else "")) if math.isfinite(v) else "-"
 
-    return {"job": r.key, "variant": r.variant, "fold": str(r.fold), "stage": r.stage,
-            "complete": "yes" if r.complete else f"no ({r.status})" if r.status else "no",
-            "val_acc1": f(r.metric("val_acc1")), "val_map3": f(r.metric("val_map3")), "oof_map3": f(r.metric("oof_map3")),
-            "epochs": "-" if r.epochs is None else str(r.epochs), "mlflow_run_id": r.run_id or "-"}
+    cells = {"job": r.key, "variant": r.variant, "fold": str(r.fold), "stage": r.stage,
+             "complete": "yes" if r.complete else f"no ({r.status})" if r.status else "no",
+             "epochs": "-" if r.epochs is None else str(r.epochs), "mlflow_run_id": r.run_id or "-"}
+    cells.update({c: f(c) for c in columns if c not in cells and c != "job"})
+    return {c: cells[c] for c in columns}
 
 
 def member_spec(r: JobRecord) -> str:
@@ -90,22 +116,28 @@ def member_spec(r: JobRecord) -> str:
 def render(recs: list[JobRecord], fmt: str, catalog: Catalog) -> str:
     if fmt == "members":
         return OmegaConf.to_yaml(OmegaConf.create([member_spec(r) for r in recs])) if recs else "[]\n"
-    cells = [_cells(r) for r in recs]
+    columns = columns_for(recs)
+    by_name = {r.name: r for r in catalog.jobs}
+    cells = [_cells(r, columns, by_name) for r in recs]
     if fmt == "json":
-        return json.dumps([{**c, "name": r.name, "path": str(r.path) if r.path else None, "sweeps": r.sweeps}
+        return json.dumps([{**c, "name": r.name, "task": r.task, "cause": r.cause, "path": str(r.path) if r.path else None,
+                            "sweeps": r.sweeps, "scores": r.metrics, "parent_scores": r.parent_metrics}
                            for c, r in zip(cells, recs)], indent=1) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
+        w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
         w.writeheader()
         w.writerows(cells)
         return buf.getvalue()
     if not recs:
         return f"no jobs in {catalog.where}\n"
-    widths = {c: max(len(c), *(len(x[c]) for x in cells)) for c in COLUMNS}
-    lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]
-    lines += ["  ".join(x[c].ljust(widths[c]) for c in COLUMNS) for x in cells]
+    widths = {c: max(len(c), *(len(x[c]) for x in cells)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(x[c].ljust(widths[c]) for c in columns) for x in cells]
     lines.append(f"{len(recs)} job(s) from {catalog.where}")
+    if any(FROM_PARENT in v for x in cells for v in x.values()):
+        lines.append(f"({FROM_PARENT} retrain_val: its train parent's held-out score; it trained on its own validation "
+                     "fold, and its in-sample fit_* scores are in --as json)")
     return "\n".join(lines) + "\n"
 
 
@@ -124,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("args", nargs="*", help="selectors, and Hydra overrides (key=value)")
     ap.add_argument("--select", action="append", default=[], metavar="SELECTOR", help="a selector (may contain '=')")
-    ap.add_argument("--sort", metavar="METRIC", help="val_map3 | val_acc1 | oof_map3 | epochs, best first")
+    ap.add_argument("--sort", metavar="METRIC", help="score (the task's held-out validation score) | val_map3 | val_acc1 | "
+                    "oof_map3 | val_lwlrap | val_map | oof_lwlrap | epochs, best first")
     ap.add_argument("--as", dest="fmt", choices=FORMATS, help="output format (default: table)")
     ap.add_argument("--source", choices=("auto", "local", "mlflow"), help="where the jobs are read from")
     ap.add_argument("--sweeps", action="store_true", help="list the experiment's sweeps instead")

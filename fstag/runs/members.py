@@ -158,7 +158,7 @@ def _candidates(spec: str, runs_root: Path, data_root: str | None = None, data=N
 
 
 def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
-                   checkpoint: bool = False) -> RunDir:
+                   checkpoint: bool = False, data=None) -> RunDir:
     """Open the run directory a member spec names; raise :class:`MemberError` naming what was looked for.
 
     ``checkpoint``: a run fetched from the tracking server also needs its best checkpoint (predict.py).
@@ -171,7 +171,7 @@ def resolve_member(spec: str, runs_root: str | Path, tracking_uri: str, data_roo
             return RunDir.open(path)
         except RunDirError as exc:
             raise MemberError(f"MLflow run {run_id} (tracking store {tracking_uri}) names {exc}") from None
-    candidates = _candidates(spec, Path(runs_root), data_root)
+    candidates = _candidates(spec, Path(runs_root), data_root, data)
     for path in candidates:
         if (path / "run.json").is_file():
             return RunDir.open(path)
@@ -247,12 +247,14 @@ def _problems(members: list[Member]) -> list[str]:
 
 
 def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, data_root: str | None = None,
-                    checkpoints: bool = False, experiment: str | None = None) -> list[Member]:
+                    checkpoints: bool = False, experiment: str | None = None, data=None) -> list[Member]:
     """Resolve every spec (selectors expanded first), then check they are complete and share their task,
     labels, feature_key and fold split.
 
     ``checkpoints``: members fetched from the tracking server come with their best checkpoint (predict.py).
-    ``experiment``: the MLflow experiment a selector looks in when ``runs_root`` holds no job.
+    ``experiment``: the MLflow experiment a selector looks in when ``runs_root`` holds no job. ``data``: the
+    ``data`` config, whose layout reads the label files of ``data_root`` (a job trained with ``data.root=`` lives
+    in a ``data@<digest>`` variant).
     Raises one :class:`MemberError` listing every problem found.
     """
     from fstag.runs.catalog import load_catalog
@@ -268,7 +270,7 @@ def resolve_members(specs: list[str], runs_root: str | Path, tracking_uri: str, 
     members, problems = [], []
     for spec, selector in expanded:
         try:
-            run = resolve_member(spec, runs_root, tracking_uri, data_root, checkpoint=checkpoints)
+            run = resolve_member(spec, runs_root, tracking_uri, data_root, checkpoint=checkpoints, data=data)
         except (MemberError, RunDirError) as exc:
             problems.append(str(exc))
             continue

@@ -6,16 +6,23 @@ the job's other overrides, see fstag.runs.identity) holds:
 - ``config.yaml``   the job's resolved config (Hydra's own copy is under ``.hydra/``)
 - ``mlflow_run_id`` the job's MLflow run id (written when the run opens)
 - ``identity.json`` the config digest that decides whether a rerun may reuse the directory
-- ``checkpoints/best.ckpt`` (best by val_acc1: weights, hyper-parameters, epoch; with the optimizer state when
+- ``checkpoints/best.ckpt`` (best by ``task.monitor``, val_acc1 or val_lwlrap: weights, hyper-parameters, epoch; with the optimizer state when
                     ``checkpoint.best_weights_only=false``) and ``checkpoints/last.ckpt`` (the whole state)
-- ``run.json``      identity: arch, aug, fold, stage, variant, name, labels, feature key and config, fold
-                    split (``fold_split``: n_splits, seed, train.csv sha256, digest), MLflow ids, best
-                    val_acc1 and the best epoch's validation metrics, ``timings`` (where the job's time went:
-                    fstag.train.timings), ``complete``
-- ``oof.npz``       out-of-fold predictions: ``fnames``, ``probs`` (N, C) float32, ``targets`` (N,) int64.
-                    A retrain_val job trained on its fold, so it carries its parent's OOF (``oof_source``
-                    in run.json says so).
-- ``test.npz``      test predictions: ``fnames``, ``probs`` (N, C) float32 (geometric mean of TTA passes)
+- ``run.json``      identity: arch, aug, fold, stage, variant, name, ``task`` (single_label | multi_label; absent
+                    in runs made before tasks: single_label), labels, feature key and config, data layout, fold
+                    split (``fold_split``: n_splits, seed, the label files' sha256, digest), MLflow ids, the best
+                    checkpoint's monitored metric (``best_monitor``; ``best_val_acc1`` single-label) and the
+                    best epoch's metrics (``best_metrics``: ``val_*``; a retrain_val job's ``fit_*``, measured on
+                    rows it trained on, with its parent's ``val_*`` in ``parent_metrics``), the OOF scores
+                    (``oof_map3``/``oof_acc1`` or ``oof_lwlrap``/``oof_map``), ``timings`` (where the job's time
+                    went: fstag.train.timings), ``complete``
+- ``oof.npz``       out-of-fold predictions: ``fnames``, ``probs`` (N, C) float32, ``targets`` (N,) int64 class
+                    indices (multi-label: an (N, C) 0/1 matrix). A retrain_val job trained on its fold, so it
+                    carries its parent's OOF (``oof_source`` in run.json says so).
+- ``test.npz``      test predictions: ``fnames``, ``probs`` (N, C) float32 (TTA passes combined as the task
+                    says: geometric mean, or the mean sigmoid probability per label)
+- ``failure.json``  why the job's last attempt ended without finishing (killed, crashed): ``status``, ``cause``,
+                    ``log_file``; the next attempt removes it
 - ``pseudo_labels.csv`` a stage=self_train job's pseudo-labelled clips of its folder: ``file``, ``label``,
                     ``confidence`` (run.json's ``self_train`` says how they were chosen)
 """
@@ -38,6 +45,9 @@ BEST_CKPT = "best.ckpt"
 LAST_CKPT = "last.ckpt"
 # The MLflow tag of a train.py run that names its run directory (how an MLflow run id finds the files).
 MLFLOW_RUN_DIR_TAG = "fstag.run_dir"
+# Why a job's last attempt ended without finishing (``status`` FAILED/KILLED, ``cause``, ``log_file``, ``ended``),
+# written by the launcher's guard (fstag.runs.sweep_jobs) and dropped when the job runs again.
+FAILURE_JSON = "failure.json"
 # The job's MLflow run id, written when the run is opened (a resumed job, a DDP rank or a failed job's
 # callback finds the run by it).
 MLFLOW_RUN_ID_FILE = "mlflow_run_id"

@@ -12,8 +12,9 @@ A selector is ``<base>`` or ``<base>|<ranking>``:
       ``sweep:<sweep>:<pattern>`` keeps those whose name matches a pattern, e.g. ``sweep:lr:*_r`` for the
       retrain_val jobs (a pattern with no ``/`` matches the job part ``fold_<k>[_r|_st]``);
     - ``all``: every finished job of the experiment.
-- ``<ranking>``, by a metric of the runs listing (``val_map3``, ``val_acc1``, ``oof_map3``; higher is better;
-  a retrain_val job is ranked by its train parent's score, since its own validation fold was trained on):
+- ``<ranking>``, by a metric of the runs listing (``val_map3``, ``val_acc1``, ``oof_map3``; multi-label runs:
+  ``val_lwlrap``, ``val_map``, ``oof_lwlrap``, ``oof_map``; higher is better; a retrain_val job is ranked by
+  its train parent's ``val_*`` score, since it trained on its own validation fold):
     - ``best:<metric>`` / ``top<k>:<metric>``: the best / k best jobs of each family (arch/aug/variant);
     - ``best_per_fold:<metric>``: for each arch/aug and job (``fold_<k>``, ``fold_<k>_r``), the best variant;
     - ``best_variant:<metric>``: for each arch/aug, every job of the variant with the best mean score.
@@ -96,8 +97,7 @@ def _base(text: str, catalog: Catalog) -> list[JobRecord]:
 
 
 def _score(rec: JobRecord, metric: str, by_name: dict[str, JobRecord]) -> float:
-    src = by_name.get(rec.parent_name, rec) if rec.stage == "retrain_val" else rec
-    v = src.metric(metric)
+    v, _ = rec.heldout(metric, by_name)
     return v if math.isfinite(v) else -math.inf
 
 
@@ -109,8 +109,9 @@ def _rank(recs: list[JobRecord], ranking: str, catalog: Catalog, text: str) -> l
     kind, k, metric = m.group(1), m.group(2), m.group(3)
     by_name = {r.name: r for r in catalog.jobs}
     if not any(math.isfinite(_score(r, metric, by_name)) for r in recs):
+        have = sorted({k for r in recs for k in r.metrics if k.startswith(("val_", "oof_"))})
         raise SelectorError(f"selector {text!r}: no selected job has a score {metric!r} "
-                            "(the listing's metrics: val_acc1, val_map3, oof_map3)")
+                            f"(the selected jobs' scores: {', '.join(have) or 'none'})")
     score: Callable[[JobRecord], float] = lambda r: _score(r, metric, by_name)  # noqa: E731
     groups: dict[tuple, list[JobRecord]] = defaultdict(list)
     if kind == "best_per_fold":

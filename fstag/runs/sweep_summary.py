@@ -2,7 +2,9 @@
 so the parent's page compares the sweep in one click:
 
 - ``summary.csv`` and ``summary.html``: one row per job of the launch (job, status, each swept key's value,
-  val_acc1, val_map3, oof_map3, epochs, MLflow run id), best first by the sweep's optimised metric;
+  val_acc1, val_map3, oof_map3, epochs, MLflow run id), best first by the sweep's optimised metric; when a job
+  did not finish, its status is ``failed`` or ``killed`` (stopped with its launch) and two more columns say
+  why and where to look: ``cause`` (e.g. ``killed by SIGKILL (signal 9; ...)``) and ``log`` (its log file);
 - ``summary.png``: the optimised metric against each swept key, and against the job order (with the best
   so far: an Optuna search's history).
 
@@ -44,17 +46,38 @@ def _values(overrides: list[str]) -> dict[str, str]:
     return out
 
 
+def latest_per_job(job_records: list[dict]) -> list[dict]:
+    """One record per job directory, its latest attempt: a job that died and ran again in a later launch of
+    the same parent (a resumed Optuna study) has a record of each attempt."""
+    latest: dict[str, dict] = {}
+    others = []
+    for j in job_records:
+        if not j.get("job_dir"):
+            others.append(j)
+            continue
+        when = float(j.get("ended") or j.get("started") or 0)
+        seen = latest.get(str(j["job_dir"]))
+        if seen is None or when >= float(seen.get("ended") or seen.get("started") or 0):
+            latest[str(j["job_dir"])] = j
+    return [*latest.values(), *others]
+
+
 def rows(job_records: list[dict], keys: list[str]) -> list[dict[str, Any]]:
-    """One row per job record (``{job_dir, status, num, overrides}`` as the sweep callback writes them)."""
+    """One row per job (``{job_dir, status, num, overrides}`` as the sweep callback writes them; the latest
+    attempt of a job that ran more than once)."""
+    job_records = latest_per_job(job_records)
     out = []
     # in the order the jobs ended (a resumed Optuna study's launches number their jobs from 0 each)
     for i, j in enumerate(sorted(job_records, key=lambda j: (float(j.get("ended", 0)), int(j.get("num", 0))))):
         rec = read_job(Path(str(j["job_dir"])))
         values = _values(j.get("overrides") or [])
         row: dict[str, Any] = {"num": i}
-        row["job"] = rec.name if rec else Path(str(j["job_dir"])).name
+        row["job"] = rec.name if rec else (Path(str(j["job_dir"])).name if j.get("job_dir")
+                                           else " ".join(j.get("overrides") or []) or f"job #{j.get('num', '?')}")
         status = str(j.get("status", ""))
-        row["status"] = "failed" if status == "FAILED" else (rec.status if rec else "missing")
+        row["status"] = {"FAILED": "failed", "KILLED": "killed"}.get(status) or (rec.status if rec else "missing")
+        if status in ("FAILED", "KILLED"):
+            row["cause"], row["log"] = str(j.get("cause") or ""), str(j.get("log_file") or "")
         row.update({k: values.get(k, "") for k in keys})
         for m in ("val_acc1", "val_map3", "oof_map3"):
             row[m] = rec.metric(m) if rec else math.nan
@@ -79,8 +102,16 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+FAILURE_COLUMNS = ("cause", "log")  # only in a summary with a job that did not finish
+
+
+def _columns(table: list[dict], keys: list[str]) -> list[str]:
+    extra = [c for c in FAILURE_COLUMNS if any(c in r for r in table)]
+    return ["job", "status", *keys, *COLUMNS[2:], *extra]
+
+
 def to_csv(table: list[dict], keys: list[str]) -> str:
-    cols = ["job", "status", *keys, *COLUMNS[2:]]
+    cols = _columns(table, keys)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -90,7 +121,7 @@ def to_csv(table: list[dict], keys: list[str]) -> str:
 
 
 def to_html(table: list[dict], keys: list[str], title: str, metric: str) -> str:
-    cols = ["job", "status", *keys, *COLUMNS[2:]]
+    cols = _columns(table, keys)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = []
     for i, r in enumerate(table):

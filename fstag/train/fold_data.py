@@ -68,13 +68,18 @@ def open_features(cfg: DictConfig):
 SOURCE_KEYS = ("use", "weight", "from_epoch")
 
 
-def source_settings(data_cfg: DictConfig, sources) -> dict[str, dict]:
+def source_settings(data_cfg: DictConfig, sources, known=()) -> dict[str, dict]:
     """``data.sources`` checked against the train table's sources: ``{source: {use, weight, from_epoch}}``
-    (only the sources the config names); an unknown source or key is a :class:`TrainingSetupError`."""
+    (only the sources the config names); an unknown source or key is a :class:`TrainingSetupError`. A source
+    in ``known`` (the layout's possible sources) that this copy lacks (FSDKaggle2019 without train_noisy.csv)
+    has no rows to apply to: logged and left out."""
     given = to_plain(data_cfg.get("sources")) or {}
     present = sorted(set(sources))
     out = {}
     for name, settings in given.items():
+        if name not in present and name in known:
+            log.info("data.sources.%s: this data set has no %s rows (its train rows come from %s)", name, name, present)
+            continue
         if name not in present:
             raise TrainingSetupError(f"data.sources.{name}: this data set's train rows come from {present}")
         settings = dict(settings or {})
@@ -125,7 +130,7 @@ def load_fold_data(cfg: DictConfig) -> FoldData:
         raise TrainingSetupError(str(exc)) from None
     split = split_of(layout, Path(str(cfg.data.features_dir)), int(cfg.folds.n_splits), int(cfg.folds.seed),
                      task.multi_label, method, table=table)
-    sources = source_settings(cfg.data, df["source"])
+    sources = source_settings(cfg.data, df["source"], getattr(layout, "sources", ()))
     unused = [name for name, s in sources.items() if not s["use"]]
     if unused:
         df = df[~df["source"].isin(unused)].reset_index(drop=True)

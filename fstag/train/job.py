@@ -42,6 +42,7 @@ from fstag.runs.run_dir import (
     BEST_CKPT, CHECKPOINT_DIR, CONFIG_YAML, LAST_CKPT, MLFLOW_RUN_DIR_TAG, MLFLOW_RUN_ID_FILE, OOF_NPZ, RUN_JSON,
     TEST_NPZ, RunDir, job_name, mlflow_run_name,
 )
+from fstag.runs.journal import RunJournal, Settings, is_local_id, pending_dir, sync_pending
 from fstag.runs.tracking import open_job_run
 from fstag.train import self_training
 from fstag.train.datamodule import FoldDataModule
@@ -257,12 +258,16 @@ def build_module(cfg: DictConfig, labels: list[str], train_store, from_parent: b
     from fstag.models.module import without_initial_weights
 
     arch = to_plain(cfg.arch)
+    optimizer = to_plain(cfg.optimizer)
     if from_parent:
         arch = without_initial_weights(arch)
+        scale = float((cfg.get("retrain") or {}).get("lr_scale", 1.0))
+        if scale != 1.0:  # retrain.lr_scale: fine-tune the parent's weights at a fraction of its learning rate
+            optimizer["lr"] = float(optimizer["lr"]) * scale
     stats = load_or_compute_band_stats(train_store, train_store.path.parent) if input_norm_of(arch) == "band_stats" else None
     aug = to_plain(cfg.aug)
     return TaggingModule(
-        arch=arch, labels=labels, optimizer=to_plain(cfg.optimizer), scheduler=to_plain(cfg.scheduler),
+        arch=arch, labels=labels, optimizer=optimizer, scheduler=to_plain(cfg.scheduler),
         mixup=to_plain(cfg.mixup), gpu=to_plain(cfg.gpu), cpu=to_plain(cfg.get("cpu")), loss=to_plain(cfg.get("loss")),
         specaug=to_plain(cfg.get("specaug")), recording=aug.get("recording"), mixstyle=to_plain(cfg.get("mixstyle")),
         noise=to_plain(cfg.get("noise")), band_stats=stats, frame_rate=frame_rate_of(to_plain(cfg.features)),
@@ -276,8 +281,10 @@ def open_run(job: Job, run_name: str) -> str | None:
     cfg, id_file = job.cfg, job.dir / MLFLOW_RUN_ID_FILE
     if not job.lead:
         return id_file.read_text().strip() if id_file.is_file() else None
+    # the run's calls go to <job_dir>/mlflow_journal.jsonl, sent by a thread: training never waits for the store
     run_id = open_job_run(str(cfg.mlflow.tracking_uri), str(cfg.mlflow.experiment), str(cfg.mlflow.artifact_location),
-                          id_file, run_name, run_tags(job), flatten(to_plain(cfg)))
+                          id_file, run_name, run_tags(job), flatten(to_plain(cfg)),
+                          settings=Settings.of(to_plain(cfg.mlflow)), pending_root=pending_dir(str(cfg.paths.root_dir)))
     # a job that fails from here on leaves its MLflow run FAILED: fstag.runs.hydra_callbacks.MlflowSweepCallback.on_job_end
     write_text_atomic(job.dir / CONFIG_YAML, OmegaConf.to_yaml(cfg, resolve=True))
     return run_id
@@ -402,15 +409,43 @@ def _best_text(info: dict) -> str:
     return f"{name} {float(value):.4f}" if value is not None else name
 
 
-def finish(job_dir: Path, info: dict) -> dict:
-    """Log a predicted job's metrics, artifacts and per-class report to its MLflow run, close the run
-    FINISHED, and only then mark run.json complete (a crash in between is finished by the next rerun)."""
-    from mlflow.tracking import MlflowClient
+def _tracking_settings(job_dir: Path) -> tuple[Settings, Path | None]:
+    """The job's ``mlflow.*`` waiting settings and pending-journal folder, from its saved config.yaml."""
+    try:
+        saved = OmegaConf.load(job_dir / CONFIG_YAML)
+        node = OmegaConf.to_container(saved.get("mlflow") or {}, resolve=False)
+        root = OmegaConf.select(saved, "paths.root_dir", default=None)
+    except Exception:  # noqa: BLE001  (no or an unreadable config.yaml: the defaults)
+        return Settings(), None
+    return Settings.of(node), pending_dir(str(root)) if root else None
 
+
+def _job_run_id(job_dir: Path, info: dict) -> str | None:
+    """The job's MLflow run: ``mlflow_run_id`` (rewritten when a placeholder's run is created) over run.json's."""
+    id_file = job_dir / MLFLOW_RUN_ID_FILE
+    known = id_file.read_text().strip() if id_file.is_file() else ""
+    recorded = info.get("mlflow_run_id")
+    if known and (is_local_id(recorded) or not recorded):
+        return known
+    return str(recorded) if recorded else (known or None)
+
+
+def finish(job_dir: Path, info: dict) -> dict:
+    """Journal a predicted job's metrics, artifacts, per-class report and the run's FINISHED status
+    (:mod:`fstag.runs.journal`), fsync the journal, and only then mark run.json complete (a crash before is
+    finished by the next rerun). Then wait (``mlflow.end_wait_s``, as long as the backlog moves) for the journal
+    to reach the store: run.json says ``mlflow_synced`` true, or false with the journal left for
+    ``python -m fstag.runs sync`` (or the next job of the same store)."""
     run = RunDir(job_dir, info)
-    run_id, run_name = str(info["mlflow_run_id"]), str(info.get("mlflow_run_name") or run.name)
+    run_name = str(info.get("mlflow_run_name") or run.name)
     t0 = time.perf_counter()
-    client = MlflowClient(str(info["mlflow_tracking_uri"]))
+    uri = str(info["mlflow_tracking_uri"])
+    settings, pending = _tracking_settings(job_dir)
+    journal = RunJournal.open(job_dir, uri, expect=_job_run_id(job_dir, info), id_file=job_dir / MLFLOW_RUN_ID_FILE,
+                              pending_root=pending, settings=settings)
+    run_id = journal.current_id
+    # metrics at the time run.json was recorded: a finish repeated after a crash logs the same points again
+    client = journal.client(timestamp_ms=int((job_dir / RUN_JSON).stat().st_mtime * 1000))
     client.update_run(run_id, status="RUNNING")
     task = task_of(info)
     best_acc = float(info.get("best_val_acc1", float("nan")))
@@ -429,7 +464,8 @@ def finish(job_dir: Path, info: dict) -> dict:
     for k, v in (info.get("timings") or {}).items():  # where the job's time went (fstag.train.timings)
         if v is not None:
             client.log_metric(run_id, f"time_{k}" if k == "epochs" else f"time_{k}_s", float(v))
-    done = {**info, "complete": True}
+    done = {k: v for k, v in info.items() if k != "mlflow_synced"}
+    done.update(complete=True, mlflow_run_id=run_id)
     client.log_dict(run_id, done, RUN_JSON)  # the artifact is the run.json this job ends with (less timings.finish)
     for name in (CONFIG_YAML, OOF_NPZ, TEST_NPZ):
         client.log_artifact(run_id, str(job_dir / name))
@@ -445,9 +481,15 @@ def finish(job_dir: Path, info: dict) -> dict:
     log_class_report(client, run_id, oof.probs, oof.targets, list(info["labels"]), job_dir / REPORTS_DIR, title=run_name,
                      task=task)
     client.set_terminated(run_id, "FINISHED")
+    journal.sync_to_disk()  # the job's records are safe on disk: from here it is complete
     if "timings" in done:
         done["timings"] = {**done["timings"], "finish": round(time.perf_counter() - t0, 3)}
-    write_json_atomic(job_dir / RUN_JSON, done)
+    write_json_atomic(job_dir / RUN_JSON, {**done, "mlflow_synced": False})
+    synced = journal.close(wait_s=settings.end_wait_s)  # synced: run.json's mlflow_synced and run id updated, journal removed
+    done = {**done, "mlflow_run_id": journal.current_id, "mlflow_synced": synced}
+    if synced and pending is not None:  # the store answers: send what other jobs of it left behind
+        sync_pending(uri, pending, settings.sync_others_s)
     scores = ", ".join(f"{k} {float(info[k]):.4f}" for k in task.oof_metrics if k in info)
-    log.info("%s done: best %s, %s -> %s", run_name, _best_text(info), scores, job_dir)
+    log.info("%s done: best %s, %s -> %s%s", run_name, _best_text(info), scores, job_dir,
+             "" if synced else f" (MLflow run {journal.current_id} not synced: python -m fstag.runs sync)")
     return done

@@ -1,4 +1,5 @@
-"""Built-in demo data set: real instrument recordings in the FSDKaggle2018 (Kaggle) layout.
+"""Built-in demo data sets: real instrument recordings in the FSDKaggle2018 (Kaggle) layout, and mixtures of them
+in the FSDKaggle2019 layout (the multi-label demo).
 
 Every clip is rendered in-process with tinysoundfont from the sampled General MIDI soundfont
 ``TimGM6mb.sf2`` that pretty_midi ships: a FSDKaggle2018 label (Cello, Snare_drum, Telephone, ...) is
@@ -32,9 +33,18 @@ The shifted files are written only when ``n_shifted > 0``. Every clip depends on
 processes. The folder is built beside ``root`` and moved into place at the end, so an interrupted run
 never leaves a ``train.csv`` behind.
 
+The multi-label demo (:mod:`.multilabel`, ``data=demo_multilabel``) is made of the same recordings in the
+FSDKaggle2019 layout: each clip mixes 1-3 sources of different labels (each rendered as above, overlapping
+in time or in sequence, at levels up to 12 dB apart), its labels are the union; ``train_curated.csv`` lists
+them right, ``train_noisy.csv`` gets a share of its label sets wrong (a label dropped, added or swapped),
+``sample_submission.csv`` has one probability column per label and ``test_post_competition.csv`` the test
+labels with their usage. Same determinism, worker independence and atomic build (train_curated.csv is
+moved in last).
+
 From the command line::
 
     python -m fstag.data.demo --root DIR [--n-train N --n-test N --n-shifted N --seed S --workers W]
+    python -m fstag.data.demo --multi-label --root DIR [--n-curated N --n-noisy N --n-test N --seed S --workers W]
 
 Modules, each importing only those above it::
 
@@ -47,6 +57,10 @@ Modules, each importing only those above it::
     effects   rooms, microphone EQ, background noises, fades
     render    synthesis, clip durations, render_clip
     write     every clip rendered, the CSV files, the atomic move into place: generate/ensure_demo_dataset
+    multilabel_settings  MultilabelDemoSettings (the multi-label demo's)
+    multilabel_plan      plan_multilabel: names, sources, listed labels, the noisy rows' wrong label sets, usage
+    mix       render_mixture: a multi-label clip's sources rendered by render_clip and mixed
+    multilabel  the FSDKaggle2019-layout files, the atomic move: generate/ensure_multilabel_demo
     cli       the command line (run by __main__)
 """
 
@@ -62,6 +76,9 @@ from fstag.data.demo.plan import plan_dataset
 from fstag.data.demo.settings import DemoSettings
 from fstag.data.demo.voices import DEFAULT_LABELS
 from fstag.data.demo.write import ensure_demo_dataset, generate_demo_dataset
+from fstag.data.demo.multilabel_settings import MultilabelDemoSettings
+from fstag.data.demo.multilabel_plan import plan_multilabel
+from fstag.data.demo.multilabel import ensure_multilabel_demo, generate_multilabel_demo
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -72,7 +89,11 @@ __all__ = [
     "TEST_LABELS_CSV",
     "TRUTH_CSV",
     "DemoSettings",
+    "MultilabelDemoSettings",
     "ensure_demo_dataset",
+    "ensure_multilabel_demo",
     "generate_demo_dataset",
+    "generate_multilabel_demo",
     "plan_dataset",
+    "plan_multilabel",
 ]

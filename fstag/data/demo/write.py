@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable, Sequence
 
 import pandas as pd
 import soundfile as sf
@@ -40,18 +41,22 @@ def _render_job(job: tuple[dict, DemoSettings, str]) -> dict:
     return {"fname": row["fname"], **info}
 
 
+def _map_clips(render: Callable[[tuple], dict], jobs: list[tuple], workers: int | None, progress: bool) -> list[dict]:
+    """``render`` (a module-level function) applied to every job, in order, in a pool of spawned processes
+    when more than one worker (None: one per available core); a progress bar on stderr."""
+    workers = workers or len(os.sched_getaffinity(0))
+    bar = dict(total=len(jobs), desc="demo clips", unit="clip", disable=None if progress else True, file=sys.stderr)
+    if workers <= 1 or len(jobs) <= 1:
+        return [render(job) for job in tqdm(jobs, **bar)]
+    # spawn: safe when the caller has started threads (torch); each clip is seeded on its own.
+    with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        return list(tqdm(pool.imap(render, jobs, chunksize=4), **bar))
+
+
 def _render_all(plan: pd.DataFrame, settings: DemoSettings, out_dir: Path, progress: bool) -> pd.DataFrame:
     """Render every planned clip into ``out_dir``, in a process pool when more than one worker."""
     jobs = [(row, settings, str(out_dir)) for row in plan.to_dict("records")]
-    workers = settings.workers or len(os.sched_getaffinity(0))
-    bar = dict(total=len(jobs), desc="demo clips", unit="clip", disable=None if progress else True, file=sys.stderr)
-    if workers <= 1:
-        infos = [_render_job(job) for job in tqdm(jobs, **bar)]
-    else:
-        # spawn: safe when the caller has started threads (torch); each clip is seeded on its own.
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
-            infos = list(tqdm(pool.imap(_render_job, jobs, chunksize=4), **bar))
-    details = pd.DataFrame(infos)
+    details = pd.DataFrame(_map_clips(_render_job, jobs, settings.workers, progress))
     for column in ("velocity", "mic_highpass_hz", "mic_lowpass_hz"):  # shifted clips only: no "121.0"
         if column in details:
             details[column] = details[column].astype("Int64")
@@ -96,21 +101,22 @@ def _remove_stale_builds(root: Path) -> None:
             pass  # alive, owned by someone else
 
 
-def _refuse_clashes(root: Path) -> None:
-    """Raise if ``root`` already holds any of the generator's outputs (nothing is ever overwritten)."""
-    clashes = [name for name in _OUTPUTS if (root / name).exists()]
+def _refuse_clashes(root: Path, outputs: Sequence[str] = _OUTPUTS) -> None:
+    """Raise if ``root`` already holds any of the generator's ``outputs`` (nothing is ever overwritten)."""
+    clashes = [name for name in outputs if (root / name).exists()]
     if clashes:
         raise FileExistsError(f"{root}: already holds {clashes}; remove them to regenerate the demo data")
 
 
-def _move_into_place(build: Path, root: Path) -> None:
+def _move_into_place(build: Path, root: Path, outputs: Sequence[str] = _OUTPUTS) -> None:
     """Move the finished build to ``root``: a single rename when ``root`` is missing or empty, else
-    entry by entry with train.csv last, so the data set only looks complete once it is."""
+    entry by entry in the order of ``outputs``, whose last name (train.csv) marks a complete data set, so the
+    data set only looks complete once it is."""
     if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         os.replace(build, root)
         return
-    _refuse_clashes(root)
-    for name in _OUTPUTS:  # train.csv is the last name
+    _refuse_clashes(root, outputs)
+    for name in outputs:  # train.csv is the last name
         if (build / name).exists():  # the shifted split's files only when it has clips
             os.replace(build / name, root / name)
     build.rmdir()
