@@ -281,3 +281,23 @@ def test_a_dead_jobs_gpu_slot_is_leased_again(tmp_path):
     nxt.kill()
     nxt.wait()
     assert sorted(p.name for p in (tmp_path / f"fstag-gpus-{key}").iterdir()) == ["0-0.lock"]  # one slot, one lock file
+
+
+def test_each_job_computes_on_its_share_of_the_cores():
+    """fstag's joblib launcher gives each job cores // n_jobs compute threads, as the plugin's loky workers had
+    (two jobs on two cores: one thread each, the same numbers as before), unless the launch's environment sets
+    OMP_NUM_THREADS; in a real process that has imported torch, as the fork server's jobs have."""
+    import subprocess
+    import sys
+
+    from fstag.runs.isolated_launcher import job_threads
+
+    assert job_threads(1) >= 1 and job_threads(10_000) == 1
+    code = ("import torch, os; from fstag.runs.isolated_launcher import limit_threads; limit_threads(1); "
+            "print(torch.get_num_threads(), os.environ['OMP_NUM_THREADS'], os.environ['MKL_NUM_THREADS'])")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "1", "1"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "2"}, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["2", "2", "1"]

@@ -51,7 +51,8 @@ def test_the_listing_shows_every_job_with_its_scores_from_the_directories_and_fr
     assert header == ["job", "variant", "fold", "stage", "complete", "val_acc1", "val_map3", "oof_map3", "epochs", "mlflow_run_id"]
     for r in rows:
         info = _run_json(flow, r[0])
-        assert r[4] == "yes" and r[7] == f"{info['oof_map3']:.4f}"
+        retrain = info["stage"] == "retrain_val"  # its OOF scores are its parent's predictions: marked as such
+        assert r[4] == "yes" and r[7] == f"{info['oof_map3']:.4f}" + ("^" if retrain else "")
         assert r[9] == info["mlflow_run_id"] and r[3] == info["stage"] and r[8] == str(info["epochs_trained"])
         if info["stage"] == "retrain_val":  # in-sample fit_* scores are never shown as val_*: its parent's, marked
             parent = _run_json(flow, r[0].replace("retrain.max_epochs=1,", "")[:-2])
@@ -138,6 +139,13 @@ def test_each_sweep_has_a_summary_with_one_row_per_job_on_its_parent_run(flow):
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep_summary")} == {
         "sweep_summary/summary.csv", "sweep_summary/summary.html", "sweep_summary/summary.png"}
     assert set(parent.data.tags["fstag.sweep.run_ids"].split(",")) == {r[8] for r in rows}
+    # the retrain_val sweep's summary ranks its jobs by their parents' held-out scores, and says so
+    (retrained,) = client.search_runs([exp.experiment_id], "attributes.run_name = 'sweep/flow/lr_r'")
+    folder = flow.root / "multirun" / EXP / ".sweeps" / retrained.info.run_id
+    header, *rows = list(csv.reader(io.StringIO((folder / "summary.csv").read_text())))
+    assert header[-1] == "held_out" and all(r[-1] == "parent" for r in rows)
+    for r in rows:
+        assert r[5] == f"{_run_json(flow, r[0])['parent_metrics']['val_map3']:.4f}"
 
 
 def test_a_retrain_whose_parent_is_missing_names_the_variants_that_exist(flow):

@@ -124,25 +124,7 @@ def multi_label_table(probs, targets, labels, threshold: float = THRESHOLD) -> p
 
 def multi_label_chart_figure(table: pd.DataFrame, overall: float, title: str = ""):
     """Horizontal bars of each label's lwlrap (worst at the top), with its AP as a marker."""
-    t = table.sort_values(["lwlrap", "label"], ascending=[False, True], na_position="first").reset_index(drop=True)
-    n_classes = len(t)
-    fig = _new_figure(chart_figsize(n_classes))
-    ax = fig.add_subplot()
-    y = np.arange(n_classes)
-    fs = _font_size(n_classes)
-    ax.barh(y, t["lwlrap"].fillna(0.0), color="#9ecae1", height=0.8, label="lwlrap")
-    ax.scatter(t["ap"], y, marker="o", s=14, color="tab:orange", label="AP", zorder=3)
-    ax.axvline(overall, color="tab:red", linestyle="--", label=f"overall lwlrap {overall:.3f}")
-    ax.set_yticks(y, labels=[f"{lab} ({s})" for lab, s in zip(t["label"], t["support"])], fontsize=fs)
-    ax.set_ylim(-0.6, n_classes - 0.4)
-    ax.set_xlim(0.0, 1.0)
-    ax.tick_params(axis="x", labelsize=fs)
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("score (labels without rows: no bar)", fontsize=fs + 1)
-    ax.legend(fontsize=fs, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{title + ': ' if title else ''}per label (true rows in brackets)", fontsize=fs + 2)
-    fig.tight_layout()
-    return fig
+    return _bars_figure(table, "lwlrap", "lwlrap", overall, [("ap", "o", 14, "tab:orange", "AP")], "label", title)
 
 
 def confusion_counts(probs, targets, labels) -> np.ndarray:
@@ -225,24 +207,32 @@ def confusion_figure(counts: np.ndarray, labels, title: str = ""):
 
 def class_chart_figure(table: pd.DataFrame, map3: float, title: str = ""):
     """Horizontal bars of each class's MAP@3 (worst at the top) with its top-1 accuracy and AP as markers."""
-    t = table.sort_values(["map3", "label"], ascending=[False, True], na_position="first").reset_index(drop=True)
+    markers = [("acc1", "|", 80, "black", "top-1 accuracy"), ("ap", "o", 14, "tab:orange", "AP (one-vs-rest)")]
+    return _bars_figure(table, "map3", "MAP@3", map3, markers, "class", title)
+
+
+def _bars_figure(table: pd.DataFrame, column: str, name: str, overall: float, markers, noun: str, title: str):
+    """One bar per row of ``table`` for ``column`` (worst at the top), ``markers`` ``(column, marker, size,
+    colour, legend)`` beside it, the overall score as a dashed line; rows labelled with their support."""
+    t = table.sort_values([column, "label"], ascending=[False, True], na_position="first").reset_index(drop=True)
     n_classes = len(t)
     fig = _new_figure(chart_figsize(n_classes))
     ax = fig.add_subplot()
     y = np.arange(n_classes)
     fs = _font_size(n_classes)
-    ax.barh(y, t["map3"].fillna(0.0), color="#9ecae1", height=0.8, label="MAP@3")
-    ax.scatter(t["acc1"], y, marker="|", s=80, color="black", label="top-1 accuracy", zorder=3)
-    ax.scatter(t["ap"], y, marker="o", s=14, color="tab:orange", label="AP (one-vs-rest)", zorder=3)
-    ax.axvline(map3, color="tab:red", linestyle="--", label=f"overall MAP@3 {map3:.3f}")
+    ax.barh(y, t[column].fillna(0.0), color="#9ecae1", height=0.8, label=name)
+    for col, marker, size, colour, legend in markers:
+        ax.scatter(t[col], y, marker=marker, s=size, color=colour, label=legend, zorder=3)
+    ax.axvline(overall, color="tab:red", linestyle="--", label=f"overall {name} {overall:.3f}")
     ax.set_yticks(y, labels=[f"{lab} ({s})" for lab, s in zip(t["label"], t["support"])], fontsize=fs)
     ax.set_ylim(-0.6, n_classes - 0.4)
     ax.set_xlim(0.0, 1.0)
     ax.tick_params(axis="x", labelsize=fs)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("score (classes without rows: no bar)", fontsize=fs + 1)
+    nouns = "classes" if noun == "class" else f"{noun}s"
+    ax.set_xlabel(f"score ({nouns} without rows: no bar)", fontsize=fs + 1)
     ax.legend(fontsize=fs, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{title + ': ' if title else ''}per class (true rows in brackets)", fontsize=fs + 2)
+    ax.set_title(f"{title + ': ' if title else ''}per {noun} (true rows in brackets)", fontsize=fs + 2)
     fig.tight_layout()
     return fig
 

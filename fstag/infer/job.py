@@ -96,19 +96,27 @@ def _clips_for_files(paths: list[Path], feature_cfg: dict, num_workers, long_sec
                               long_seconds=long_seconds)
 
 
+def top_labels(probs: np.ndarray, labels: list[str], k: int) -> dict[str, Any]:
+    """``label1..k`` and ``prob1..k``: each row's ``k`` most probable labels (ties: the lower class index first)."""
+    order = np.argsort(-probs, axis=1, kind="stable")
+    out: dict[str, Any] = {}
+    for i in range(min(int(k), len(labels))):
+        out[f"label{i + 1}"] = [labels[j] for j in order[:, i]]
+        out[f"prob{i + 1}"] = np.round(probs[np.arange(len(probs)), order[:, i]], 6)
+    return out
+
+
+def flag_columns(errors: list[str | None], silent) -> dict[str, Any]:
+    """``flagged`` (a clip that could not be read or is silent), ``silent`` and ``error`` (the reason)."""
+    return {"flagged": [e is not None or bool(s) for e, s in zip(errors, silent)], "silent": silent,
+            "error": [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]}
+
+
 def top3_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None],
                silent=None) -> pd.DataFrame:
     """Three labels per clip; ``flagged`` marks a clip that could not be read or is silent (``silent``)."""
     silent = np.zeros(len(fnames), dtype=bool) if silent is None else np.asarray(silent, dtype=bool)
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :3]
-    rows: dict[str, Any] = {"fname": fnames}
-    for k in range(3):
-        rows[f"label{k + 1}"] = [labels[j] for j in order[:, k]]
-        rows[f"prob{k + 1}"] = np.round(probs[np.arange(len(fnames)), order[:, k]], 6)
-    rows["flagged"] = [e is not None or bool(s) for e, s in zip(errors, silent)]
-    rows["silent"] = silent
-    rows["error"] = [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]
-    return pd.DataFrame(rows)
+    return pd.DataFrame({"fname": fnames, **top_labels(probs, labels, 3), **flag_columns(errors, silent)})
 
 
 def tags_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: list[str | None], silent=None,
@@ -117,15 +125,9 @@ def tags_table(fnames: list[str], probs: np.ndarray, labels: list[str], errors: 
     empty when none is), the ``top_k`` labels and their probabilities, and the flags."""
     silent = np.zeros(len(fnames), dtype=bool) if silent is None else np.asarray(silent, dtype=bool)
     order = np.argsort(-probs, axis=1, kind="stable")
-    rows: dict[str, Any] = {"fname": fnames}
-    rows["labels"] = [join_labels([labels[j] for j in order[i] if probs[i, j] >= threshold]) for i in range(len(fnames))]
-    for k in range(min(int(top_k), len(labels))):
-        rows[f"label{k + 1}"] = [labels[j] for j in order[:, k]]
-        rows[f"prob{k + 1}"] = np.round(probs[np.arange(len(fnames)), order[:, k]], 6)
-    rows["flagged"] = [e is not None or bool(s) for e, s in zip(errors, silent)]
-    rows["silent"] = silent
-    rows["error"] = [e or (SILENT_REASON if s else "") for e, s in zip(errors, silent)]
-    return pd.DataFrame(rows)
+    above = [join_labels([labels[j] for j in order[i] if probs[i, j] >= threshold]) for i in range(len(fnames))]
+    return pd.DataFrame({"fname": fnames, "labels": above, **top_labels(probs, labels, int(top_k)),
+                         **flag_columns(errors, silent)})
 
 
 def probs_table(fnames: list[str], probs: np.ndarray, labels: list[str]) -> pd.DataFrame:

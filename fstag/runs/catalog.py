@@ -104,10 +104,13 @@ class JobRecord:
     def heldout(self, name: str, by_name: dict[str, "JobRecord"] | None = None) -> tuple[float, bool]:
         """``(score, from_parent)``: a held-out score to rank the job by. A retrain_val job trained on its
         validation fold, so its ``val_*`` scores are its train parent's (recorded in its run.json, else read
-        from the parent's record in ``by_name``); ``from_parent`` says so. Other metrics are the job's own."""
+        from the parent's record in ``by_name``), and its ``oof_*`` ones score the OOF predictions it carries,
+        its parent's; ``from_parent`` says so. Other metrics are the job's own."""
         name = name.removeprefix("best_")
-        if self.stage != "retrain_val" or not name.startswith("val_"):
+        if self.stage != "retrain_val" or not name.startswith(("val_", "oof_")):
             return self.metric(name), False
+        if name.startswith("oof_"):
+            return self.metric(name), True
         if name in self.parent_metrics:
             return float(self.parent_metrics[name]), True
         parent = (by_name or {}).get(self.parent_name)

@@ -32,6 +32,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fstag.core.io import sha256_file
+
 IDENTITY_JSON = "identity.json"
 VARIANT_JSON = "variant.json"
 DEFAULT_VARIANT = "default"
@@ -208,14 +210,6 @@ def identity(cfg: DictConfig, teachers: list[str | Path] | None = None) -> dict[
     return json.loads(json.dumps(flat, sort_keys=True, default=str))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def folder_digest(folder: str | Path, extensions: list[str]) -> str:
     """sha256 over the audio files below ``folder`` (those :func:`fstag.data.audio.list_audio_files` picks
     up): each one's path relative to the folder and its bytes. Other files are not read."""
@@ -224,7 +218,7 @@ def folder_digest(folder: str | Path, extensions: list[str]) -> str:
     folder = Path(folder)
     h = hashlib.sha256()
     for p in list_audio_files(folder, extensions):
-        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + _file_sha256(p).encode() + b"\n")
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + sha256_file(p).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -236,7 +230,7 @@ def run_digest(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     info = json.loads((run_dir / RUN_JSON).read_text())
     test = run_dir / TEST_NPZ
-    return f"{digest(info.get('identity') or {})}:{_file_sha256(test) if test.is_file() else '-'}"
+    return f"{digest(info.get('identity') or {})}:{sha256_file(test) if test.is_file() else '-'}"
 
 
 def teachers_digest(run_dirs: list[str | Path]) -> str:

@@ -15,6 +15,10 @@ their MLflow runs stay RUNNING. Here the launcher starts one process per job and
 - when the launcher itself is killed (SIGKILL), its jobs see it (the kernel's parent-death signal, a
   watchdog: :func:`fstag.runs.job_guard.guard_job`), close their runs KILLED and end: no orphans train on.
 
+Each job computes on the usable cores divided among the ``n_jobs`` at once (``OMP_NUM_THREADS`` and the BLAS
+libraries' variables, and torch's threads; a value the launch's environment sets wins), as the joblib plugin's
+loky workers did: two jobs on two cores run one thread each.
+
 Processes start from a fork server (``backend: null``, the default) that has imported the job's modules once
 (``preload``), so no job imports torch, Lightning and MLflow again, and each job's process is fresh (no state
 left by another job; the server never starts CUDA, so each job's ``CUDA_VISIBLE_DEVICES`` holds);
@@ -49,6 +53,31 @@ from fstag.runs import job_guard, sweep_jobs
 log = logging.getLogger(__name__)
 
 PRELOAD = ("fstag.train.job",)  # what the fork server imports once (torch, Lightning, MLflow, fstag's job)
+# The thread pools a job may size from the environment; each job gets cores // n_jobs threads unless the
+# launch's environment sets them (as Hydra's joblib plugin's loky workers got them: joblib's own rule).
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def job_threads(n_jobs: int) -> int:
+    """Threads per job when ``n_jobs`` run at once: the usable cores divided among them (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(n_jobs)))
+
+
+def limit_threads(threads: int) -> None:
+    """In a job's process: ``threads`` compute threads for torch and the BLAS libraries, unless the launch's
+    environment says otherwise (then its ``OMP_NUM_THREADS`` holds for torch too). Two jobs on two cores each
+    with two threads would contend for the cores (and sum floats in another order than one thread does)."""
+    given = os.environ.get("OMP_NUM_THREADS")
+    for var in THREAD_VARS:
+        os.environ.setdefault(var, str(threads))
+    import torch
+
+    torch.set_num_threads(int(given) if given and given.isdigit() and int(given) > 0 else threads)
 
 
 class JobDied(CompactHydraException):
@@ -159,7 +188,8 @@ class IsolatedLauncher(Launcher):
                         num = initial_job_idx + k
                         result = tmp / f"{num}.pkl"
                         proc = ctx.Process(target=_job_main, name=f"fstag-job-{num}", daemon=False, args=(
-                            shared, num, list(job_overrides[k]), str(result), str(note), self.stop_grace_s, list(sys.argv)))
+                            shared, num, list(job_overrides[k]), str(result), str(note), self.stop_grace_s, list(sys.argv),
+                            job_threads(self.n_jobs)))
                         proc.start()
                         running[k] = _Job(num, list(job_overrides[k]), proc, result, time.time())
                     if not running:
@@ -258,9 +288,9 @@ def _signal(pid: int, sig: int, group: bool) -> None:
 # -- in the job's process -----------------------------------------------------------------------------------
 
 def _job_main(shared: bytes, num: int, overrides: list[str], result: str, note: str, grace_s: float,
-              argv: list[str]) -> None:
-    """Run one job of the sweep (Hydra's ``run_job``, as the joblib plugin's worker does) and leave its
-    JobReturn in ``result``."""
+              argv: list[str], threads: int = 1) -> None:
+    """Run one job of the sweep (Hydra's ``run_job``, as the joblib plugin's worker does) on ``threads``
+    compute threads (:func:`limit_threads`) and leave its JobReturn in ``result``."""
     import cloudpickle
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
@@ -272,6 +302,7 @@ def _job_main(shared: bytes, num: int, overrides: list[str], result: str, note: 
         pass
     sys.argv = list(argv)  # as the launching command (Lightning's DDP ranks re-run it: fstag.train.distributed)
     os.environ[job_guard.STOP_NOTE_ENV] = note
+    limit_threads(threads)
     job_guard.guard_job(grace_s)
     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
     try:

@@ -5,8 +5,8 @@
     python -m fstag.runs --sort score                      # by the task's held-out score (val_map3 / val_lwlrap)
 
 Every score shown is held-out: a retrain_val job trained on its validation fold, so its ``val_*`` cells show
-its train parent's scores, marked ``^`` (and it is sorted by them); its own in-sample scores are ``fit_*``
-(``--as json`` has them). The columns follow the jobs' tasks: val_acc1, val_map3, oof_map3 (single-label),
+its train parent's scores and its ``oof_*`` cells score the OOF predictions it carries, its parent's, both
+marked ``^`` (and it is sorted by them); its own in-sample scores are ``fit_*`` (``--as json`` has them). The columns follow the jobs' tasks: val_acc1, val_map3, oof_map3 (single-label),
 val_lwlrap, val_map, oof_lwlrap (multi-label).
     python -m fstag.runs 'cnn_small/*/*/fold_*' --as members   # the YAML list blend.members takes
     python -m fstag.runs --sweeps                          # the experiment's sweeps (launches)
@@ -136,7 +136,7 @@ def render(recs: list[JobRecord], fmt: str, catalog: Catalog) -> str:
     lines += ["  ".join(x[c].ljust(widths[c]) for c in columns) for x in cells]
     lines.append(f"{len(recs)} job(s) from {catalog.where}")
     if any(FROM_PARENT in v for x in cells for v in x.values()):
-        lines.append(f"({FROM_PARENT} retrain_val: its train parent's held-out score; it trained on its own validation "
+        lines.append(f"({FROM_PARENT} retrain_val: its train parent's held-out scores; it trained on its own validation "
                      "fold, and its in-sample fit_* scores are in --as json)")
     return "\n".join(lines) + "\n"
 

@@ -2,7 +2,9 @@
 so the parent's page compares the sweep in one click:
 
 - ``summary.csv`` and ``summary.html``: one row per job of the launch (job, status, each swept key's value,
-  val_acc1, val_map3, oof_map3, epochs, MLflow run id), best first by the sweep's optimised metric; when a job
+  its task's held-out scores: val_acc1, val_map3, oof_map3, or val_lwlrap, val_map, oof_lwlrap; epochs, MLflow
+  run id), best first by the sweep's optimised metric; a retrain_val job's scores are its train parent's (it
+  trained on its validation fold), and a ``held_out`` column says so (``parent``); when a job
   did not finish, its status is ``failed`` or ``killed`` (stopped with its launch) and two more columns say
   why and where to look: ``cause`` (e.g. ``killed by SIGKILL (signal 9; ...)``) and ``log`` (its log file);
 - ``summary.png``: the optimised metric against each swept key, and against the job order (with the best
@@ -21,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fstag.core.io import write_text_atomic
-from fstag.runs.catalog import read_job
+from fstag.runs.catalog import METRICS, read_job, task_metrics
 
-COLUMNS = ("job", "status", "val_acc1", "val_map3", "oof_map3", "epochs", "mlflow_run_id")
 
 
 def swept_keys(task_overrides: list[str], sweeper_params: dict | None = None) -> list[str]:
@@ -79,8 +80,11 @@ def rows(job_records: list[dict], keys: list[str]) -> list[dict[str, Any]]:
         if status in ("FAILED", "KILLED"):
             row["cause"], row["log"] = str(j.get("cause") or ""), str(j.get("log_file") or "")
         row.update({k: values.get(k, "") for k in keys})
-        for m in ("val_acc1", "val_map3", "oof_map3"):
-            row[m] = rec.metric(m) if rec else math.nan
+        row["_scores"] = list(task_metrics(rec.task)) if rec else list(METRICS)
+        for m in row["_scores"]:
+            row[m], parent = rec.heldout(m) if rec else (math.nan, False)
+            if parent:
+                row["held_out"] = "parent"
         row["epochs"] = "" if rec is None or rec.epochs is None else rec.epochs
         row["mlflow_run_id"] = (rec.run_id if rec else None) or j.get("mlflow_run_id") or ""
         out.append(row)
@@ -106,8 +110,9 @@ FAILURE_COLUMNS = ("cause", "log")  # only in a summary with a job that did not 
 
 
 def _columns(table: list[dict], keys: list[str]) -> list[str]:
-    extra = [c for c in FAILURE_COLUMNS if any(c in r for r in table)]
-    return ["job", "status", *keys, *COLUMNS[2:], *extra]
+    scores = list(dict.fromkeys(m for r in table for m in r.get("_scores", METRICS))) or list(METRICS)
+    extra = [c for c in ("held_out", *FAILURE_COLUMNS) if any(c in r for r in table)]
+    return ["job", "status", *keys, *scores, "epochs", "mlflow_run_id", *extra]
 
 
 def to_csv(table: list[dict], keys: list[str]) -> str:

@@ -35,6 +35,8 @@ from typing import Any, ClassVar, Mapping
 
 import pandas as pd
 
+from fstag.core.io import sha256_file
+
 TRAIN_COLUMNS = ("fname", "label", "manually_verified", "source")
 SPLITS = ("train", "test")
 
@@ -140,18 +142,10 @@ def _distance(a: str, b: str) -> int:
 def files_digest(paths: list[Path]) -> str:
     """sha256 of one file's bytes (exactly ``sha256sum``), or over several files' names and digests."""
     if len(paths) == 1:
-        return _sha256(paths[0])
+        return sha256_file(paths[0])
     h = hashlib.sha256()
     for p in paths:
-        h.update(f"{p.name}\t{_sha256(p)}\n".encode())
-    return h.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        h.update(f"{p.name}\t{sha256_file(p)}\n".encode())
     return h.hexdigest()
 
 
