@@ -277,6 +277,22 @@ def test_a_multilabel_job_end_to_end(tmp_path):
     assert tags["fname"].tolist() == layout.test_fnames() and {"labels", "label1", "prob1"} <= set(tags.columns)
     assert "predictions: " in res.stdout
 
+    # the run as an MLflow model tags the test clips as predict.py does from their files: per-label probabilities
+    # and the labels at or above the threshold (fstag.serve)
+    from fstag.serve.tagger import Tagger
+
+    test_dir = data / "test"
+    project.run("predict.py", *TINY_ML_DATA, "runs=[cnn_small/none/fold_0]", f"input={test_dir}",
+                "hydra.run.dir=outputs/predict_folder")
+    by_file = pd.read_csv(tmp_path / "outputs" / "predict_folder" / "probs.csv")
+    folder_tags = pd.read_csv(tmp_path / "outputs" / "predict_folder" / "tags.csv", keep_default_na=False)
+    project.run("-m fstag.export", *TINY_ML_DATA, "runs=[cnn_small/none/fold_0]", "hydra.run.dir=outputs/export_ml")
+    tagger = Tagger.load(tmp_path / "outputs" / "export_ml" / "model" / "artifacts" / "bundle")
+    rows = tagger.tag([{"path": str(test_dir / f)} for f in by_file["fname"]]).to_dict(orient="records")
+    served = np.array([[r["probs"][lab] for lab in labels] for r in rows])
+    assert np.abs(served - by_file[labels].to_numpy()).max() < 1e-5
+    assert [",".join(r["labels"]) for r in rows] == folder_tags["labels"].tolist()
+
     first = project.run("blend.py", *TINY_ML_DATA, "blend=demo_multilabel")
     submission = tmp_path / "submissions" / "demo_multilabel.csv"
     validate_probability_submission(submission, data / "sample_submission.csv", labels)
