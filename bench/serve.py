@@ -1,5 +1,6 @@
 """Serving speed: requests/s and p50/p95 latency of ``mlflow models serve`` for 1 and 16 clips per request,
-PyTorch members against ONNX members run by onnxruntime, against predict.py's clips/s on the same clips.
+PyTorch members against ONNX members run by onnxruntime (that model serves without torch: librosa features, numpy
+crops), against predict.py's clips/s on the same clips.
 
     python bench/serve.py [--root DIR] [--run-dir DIR ...] [--requests 40] [--batches 8] [--tiny]
 

@@ -225,8 +225,17 @@ def onnx_on_server(served, tmp_path_factory):
 
 
 FRESH = """
-import json, sys
+import importlib.abc, json, sys
 from pathlib import Path
+
+
+class NoTorch(importlib.abc.MetaPathFinder):  # as if torch, torchaudio, timm and Lightning were not installed
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "torchaudio", "torchvision", "timm", "pytorch_lightning", "lightning"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+
+sys.meta_path.insert(0, NoTorch())
 import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model("models:/tagger-onnx@champion")
 rows = model.predict(pd.DataFrame({"path": sys.argv[1:], "name": [Path(a).name for a in sys.argv[1:]]}))
@@ -242,9 +251,9 @@ print(json.dumps({"fstag": fstag.__file__, "bundle": str(tagger.folder), "backen
 
 @pytest.mark.slow(seconds=40)
 def test_the_onnx_model_from_the_server_loads_in_a_fresh_process_elsewhere(served, reference, onnx_on_server, tmp_path):
-    """No repository around (cwd elsewhere, no PYTHONPATH): the model brings fstag's code, runs its networks with
-    onnxruntime (no timm, no Lightning imported; torch still is, for the features and the crops), and answers
-    what predict.py (PyTorch) answers."""
+    """No repository around (cwd elsewhere, no PYTHONPATH) and no torch (its imports fail in that process): the model
+    brings fstag's code, runs its networks with onnxruntime, its features with librosa and its crops with numpy, and
+    answers what predict.py (PyTorch) answers."""
     from mlflow.tracking import MlflowClient
 
     assert "registered: tagger-onnx version 1, alias champion" in onnx_on_server["stdout"]
@@ -260,7 +269,9 @@ def test_the_onnx_model_from_the_server_loads_in_a_fresh_process_elsewhere(serve
     out = json.loads(res.stdout.strip().splitlines()[-1])
     model_root = Path(out["bundle"]).parents[1]
     assert Path(out["fstag"]).is_relative_to(model_root / "code" / "fstag") and not str(out["fstag"]).startswith(str(REPO))
-    assert out["backend"] == "onnx" and out["modules"] == ["onnxruntime", "torch"]
+    reqs = {r.split("==")[0] for r in (model_root / "requirements.txt").read_text().split()}
+    assert {"onnxruntime", "librosa", "mlflow"} <= reqs and not reqs & {"torch", "torchaudio", "timm", "torchvision"}
+    assert out["backend"] == "onnx" and out["modules"] == ["onnxruntime"]
     assert out["input"] == ["batch", 3, 64, "time"] and max(out["diffs"]) <= 1e-4
     assert np.abs(_probs(out["rows"], reference["labels"]) - reference["probs"]).max() < 1e-5
     assert [r["flagged"] for r in out["rows"]] == [False, False, True]

@@ -135,6 +135,12 @@ def task_of_cfg(cfg: Any) -> Task:
     return get_task(name or SINGLE_LABEL)
 
 
+def uninformed(task: Task, num_classes: int) -> float:
+    """The probability every label gets for a clip the model cannot hear (unreadable, silent): 1/C for a
+    single-label task (uniform), 0 for a multi-label one (no sound event: no label, above any threshold)."""
+    return 0.0 if task.multi_label else 1.0 / max(num_classes, 1)
+
+
 def split_labels(cell: str) -> list[str]:
     """The labels of a multi-label cell (``"Bark,Chirp"``), stripped; empty parts dropped."""
     return [p.strip() for p in str(cell).split(LABEL_SEPARATOR) if p.strip()]

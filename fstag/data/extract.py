@@ -13,8 +13,11 @@ import numpy as np
 
 from fstag.data.audio import AudioError, load_clip
 from fstag.data.feature_config import FeatureConfig
-from fstag.data.features import TorchFeatureExtractor
+from fstag.data.features import TorchFeatureExtractor, librosa_logmel_deltas
 from fstag.data.long_clips import LongClip
+
+
+FEATURE_ENGINES = ("torch", "librosa")  # fstag.data.features: the pipeline's batched torch path, the librosa reference
 
 
 def default_workers() -> int:
@@ -112,28 +115,53 @@ def iter_features(
             torch.set_num_threads(torch_threads)
 
 
+def _reference_or_reason(path: Path, cfg: FeatureConfig) -> tuple[np.ndarray | None, str | None]:
+    """One file's features by the librosa reference (:func:`~fstag.data.features.librosa_logmel_deltas` of
+    :func:`~fstag.data.audio.load_clip`'s waveform), or why it cannot be used."""
+    loaded = _load_or_reason(path, cfg)
+    if isinstance(loaded, str):
+        return None, loaded
+    try:
+        return librosa_logmel_deltas(loaded, cfg), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def compute_features_for_files(
-    paths: list[Path], cfg: FeatureConfig, device: str = "cpu", num_workers: int | None = None
+    paths: list[Path], cfg: FeatureConfig, device: str = "cpu", num_workers: int | None = None,
+    engine: str = "torch",
 ) -> tuple[list[np.ndarray | None], list[str | None]]:
     """Features (float32 (3, n_mels, frames)) of arbitrary audio files, computed on the fly.
 
     Returns ``(features, errors)``: ``features[i]`` is None where file ``i`` failed and ``errors[i]``
-    says why (None where it succeeded).
+    says why (None where it succeeded). ``engine``: ``torch`` (:func:`iter_features`, what preprocess.py and
+    predict.py run) or ``librosa`` (the reference, one clip per thread, without torch: what a served ONNX model
+    runs; the two agree to float32 rounding, fstag.data.features).
     """
-    results = list(iter_features(paths, cfg, device=device, num_workers=num_workers))
+    if engine == "librosa":
+        if not paths:
+            return [], []
+        with ThreadPoolExecutor(max_workers=min(num_workers or default_workers(), len(paths)),
+                                thread_name_prefix="fstag-features") as pool:
+            results = list(pool.map(lambda p: _reference_or_reason(Path(p), cfg), paths))
+    elif engine == "torch":
+        results = list(iter_features(paths, cfg, device=device, num_workers=num_workers))
+    else:
+        raise ValueError(f"feature engine {engine!r}: choose one of {FEATURE_ENGINES}")
     return [f for f, _ in results], [e for _, e in results]
 
 
 def features_for_files(
     paths: list[Path], cfg: FeatureConfig, *, num_workers: int | None = None, long_seconds: float | None = None,
-    chunk_frames: int = 3000,
+    chunk_frames: int = 3000, engine: str = "torch",
 ) -> tuple[list[np.ndarray | LongClip | None], list[str | None]]:
     """:func:`compute_features_for_files`, except that a file longer than ``long_seconds`` (its header's
-    duration; None: no limit) becomes a :class:`LongClip`, whose features are streamed when used."""
+    duration; None: no limit) becomes a :class:`LongClip`, whose features are streamed when used (by the torch
+    engine; the librosa engine computes every clip whole)."""
     from fstag.data.audio import audio_info
 
     long: set[int] = set()
-    if long_seconds:
+    if long_seconds and engine == "torch":
         for i, p in enumerate(paths):
             try:
                 frames, sr = audio_info(p)
@@ -142,7 +170,8 @@ def features_for_files(
             if frames > float(long_seconds) * sr:
                 long.add(i)
     short = [i for i in range(len(paths)) if i not in long]
-    feats, errors = compute_features_for_files([paths[i] for i in short], cfg, num_workers=num_workers) if short else ([], [])
+    feats, errors = compute_features_for_files([paths[i] for i in short], cfg, num_workers=num_workers,
+                                               engine=engine) if short else ([], [])
     clips: list[np.ndarray | LongClip | None] = [None] * len(paths)
     errs: list[str | None] = [None] * len(paths)
     for i, f, e in zip(short, feats, errors):

@@ -223,6 +223,7 @@ class TorchFeatureExtractor:
 # holds no sound (digital silence, or noise under -100 dB in every mel band at every frame). Trimming is
 # relative to the clip's loudest frame, so it keeps such a clip whole; the model would still pick a label.
 SILENT_DB = 10.0 * math.log10(AMIN) + 0.01
+SILENT_REASON = "silent (no sound above the -100 dB log-mel floor)"  # what a flagged silent clip's row says
 
 
 def is_silent(features) -> bool:

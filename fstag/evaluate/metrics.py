@@ -1,4 +1,5 @@
-"""Ranking metrics and probability averaging, as plain numpy/torch functions.
+"""Ranking metrics and probability averaging, as plain numpy/torch functions (torch imported only by
+:func:`map_at_3_torch`: a served ONNX model blends without torch).
 
 Single-label (one class index per row): :func:`map_at_3`, :func:`top1_accuracy`. Multi-label (a 0/1 matrix
 of labels per row): :func:`lwlrap` (FSDKaggle2019's label-weighted label-ranking average precision) and
@@ -9,8 +10,12 @@ per label, from scikit-learn. :func:`task_scores` gives a task's scores by their
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 EPS = 1e-7
 
@@ -43,6 +48,8 @@ def top1_accuracy(probs, targets) -> float:
 
 def map_at_3_torch(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """MAP@3 on tensors (same definition as :func:`map_at_3`), for use inside a training step."""
+    import torch
+
     k = min(3, scores.shape[1])
     top = scores.topk(k, dim=1).indices
     hits = (top == targets[:, None]).float()

@@ -26,9 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fstag.models.augment import pad_value_of
 from fstag.core.config import to_plain
-from fstag.core.task import Task, join_labels, task_of
+from fstag.core.task import Task, join_labels, task_of, uninformed
+from fstag.data.features import SILENT_REASON
 from fstag.data.layouts import open_layout
-from fstag.infer.predictor import MODES, WINDOW_REDUCES, predict_probs, uninformed
+from fstag.infer.modes import MODES, WINDOW_REDUCES
+from fstag.infer.predictor import predict_probs
 from fstag.core.io import save_npz_atomic, write_text_atomic
 from fstag.evaluate.metrics import combine_probs
 from fstag.runs.run_dir import CONFIG_YAML, RunDir, RunDirError
@@ -67,9 +69,6 @@ def list_audio(folder: Path, extensions: list[str], key: str = "input") -> list[
         exts = sorted("." + str(e).lower().lstrip(".") for e in extensions)
         raise FileNotFoundError(f"{key}={folder}: no audio files with extensions {exts}")
     return files
-
-
-SILENT_REASON = "silent (no sound above the -100 dB log-mel floor)"
 
 
 def _clips_for_test(run_cfg: DictConfig, fnames: list[str], feature_cfg: dict, num_workers, long_seconds=None) -> tuple[list, list[str | None]]:
@@ -187,7 +186,7 @@ def predict_with_runs(cfg: DictConfig, runs: list[RunDir], clips: list, fnames: 
                       mode: str, device) -> tuple[np.ndarray, list[str | None], np.ndarray, np.ndarray]:
     """Every run's probabilities of the clips (:func:`predict_run`), combined by geometric mean (per row
     renormalised single-label, per label multi-label); unreadable and silent clips get exactly
-    :func:`~fstag.infer.predictor.uninformed` rows. ``cfg`` holds predict.py's ``tta``, ``hop_frames``,
+    :func:`~fstag.core.task.uninformed` rows. ``cfg`` holds predict.py's ``tta``, ``hop_frames``,
     ``window_reduce``, ``seed`` and ``batch_size``. Returns ``(probs, errors (a long clip's found while
     streaming included), silent, unusable)``."""
     task = task_of(runs[0].info)

@@ -21,7 +21,6 @@ callers flag it.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -30,23 +29,9 @@ import torch
 from fstag.models.augment import crop_or_pad, specmask_concat
 from fstag.data.features import is_silent
 from fstag.data.long_clips import LongClip
-from fstag.core.task import SINGLE_LABEL, Task, get_task
+from fstag.core.task import SINGLE_LABEL, Task, get_task, uninformed
 from fstag.evaluate.metrics import arithmetic_mean, geometric_mean
-
-MODES = ("crops", "windows")
-WINDOW_REDUCES = ("mean", "max")
-
-
-def uninformed(task: Task, num_classes: int) -> float:
-    """The probability every label gets for a clip the model cannot hear (unreadable, silent): 1/C for a
-    single-label task (uniform), 0 for a multi-label one (no sound event: no label, above any threshold)."""
-    return 0.0 if task.multi_label else 1.0 / max(num_classes, 1)
-
-
-def clip_seed(seed: int, pass_idx: int, key: str | int) -> int:
-    """A 63-bit generator seed from (seed, pass, clip key): blake2b of the three, stable across runs."""
-    blob = f"{int(seed)}\x1f{int(pass_idx)}\x1f{key}".encode()
-    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "little") & (2**63 - 1)
+from fstag.infer.modes import MODES, WINDOW_REDUCES, clip_seed  # noqa: F401 (predict_probs's names, re-exported)
 
 
 def tta_crop(x: torch.Tensor, pass_idx: int, key: str | int, length: int, aug: Mapping[str, Any], pad_value: float | None, seed: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""A member network as ONNX, checked against PyTorch, and run by onnxruntime behind a torch-module face.
+"""A member network as ONNX, checked against PyTorch, and run by onnxruntime as a numpy function (:class:`OnnxNetwork`:
+no torch at serving time).
 
 The exported graph is fstag's :class:`~fstag.models.backbones.TaggingNet` in eval mode, input normalisation
 included: input ``features`` (batch, 3, n_mels, time) float32, output ``logits`` (batch, labels), with the batch
@@ -13,6 +14,7 @@ against 1.4 s, resnet50 10-16 s against 5-7 s on the 2-core CPU), so fstag uses 
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -81,22 +83,22 @@ def check_onnx(net, path: str | Path, n_mels: int, crop_frames: int, what: str, 
     return worst
 
 
-def onnx_module(path: str | Path, threads: int | None = None):
-    """A ``torch.nn.Module`` whose forward runs the ONNX file in onnxruntime: fstag's predictor (TTA crops,
-    windows, batching) then runs unchanged, with the network's arithmetic done by onnxruntime, on as many threads
-    as torch would use (``threads``; default ``torch.get_num_threads()``: OMP_NUM_THREADS, else every core)."""
-    import torch
+def default_threads() -> int:
+    """The threads torch would use, found without torch: ``OMP_NUM_THREADS``, else every core this process may use."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-    threads = threads or torch.get_num_threads()
 
-    class OnnxNet(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.path = str(path)
-            self.session = session(path, threads)
+class OnnxNetwork:
+    """A member network run by onnxruntime: called with a float32 (batch, 3, n_mels, time) feature array, it returns
+    the (batch, labels) logits, as :func:`fstag.infer.numpy_predictor.predict_probs` calls a network. ``threads``:
+    onnxruntime's intra-op threads (default: :func:`default_threads`)."""
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().float().cpu().numpy()})[0]
-            return torch.from_numpy(out)
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = str(path)
+        self.session = session(path, threads or default_threads())
 
-    return OnnxNet()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]

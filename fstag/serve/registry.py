@@ -22,11 +22,10 @@ from typing import Any, Iterator, Mapping
 MODEL_CODE = Path(__file__).with_name("model_code.py")  # fstag.serve.model_code: the model's code, by path
 ARTIFACT_PATH = "model"  # the model's name inside its run (runs:/<run id>/model)
 DEFAULT_ALIAS = "champion"
-# The distributions the served code imports, by backend (torch: the networks rebuilt by timm; onnx: run by
-# onnxruntime; both: torch and torchaudio for the features and the TTA crops' generator).
-COMMON_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "omegaconf", "soundfile", "soxr", "torch",
-                       "torchaudio")
-BACKEND_REQUIREMENTS = {"torch": ("timm", "torchvision"), "onnx": ("onnxruntime",)}
+# The distributions the served code imports, by backend (torch: the networks rebuilt by timm, the features and the
+# TTA crops by torch and torchaudio; onnx: the networks run by onnxruntime, the features by librosa, no torch).
+COMMON_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "omegaconf", "soundfile", "soxr")
+BACKEND_REQUIREMENTS = {"torch": ("torch", "torchaudio", "timm", "torchvision"), "onnx": ("onnxruntime", "librosa")}
 
 
 def pinned_requirements(backend: str, calibration: str = "none") -> list[str]:

@@ -3,7 +3,7 @@ clips -> per-clip labels and probabilities, exactly as predict.py computes them.
 
 A clip is a row with ``audio`` (the bytes of an audio file, base64-encoded: any format predict.py reads) or
 ``path`` (a file the server can read), and optionally ``name``: the clip's name, which is what TTA crops are
-seeded by (:func:`fstag.infer.predictor.clip_seed`), so a clip named as predict.py names it (its path relative to
+seeded by (:func:`fstag.infer.modes.clip_seed`), so a clip named as predict.py names it (its path relative to
 predict.py's ``input`` folder) gets predict.py's numbers to float rounding. Without ``name``, a path row is named
 by its file name and an audio row ``clip_<row>``.
 
@@ -11,11 +11,14 @@ Each clip goes the way of predict.py with ``input=<folder>``: features computed 
 (:func:`fstag.data.extract.features_for_files`, the run's feature settings), every member's TTA crops or windows
 (:func:`fstag.infer.predictor.predict_probs`), the members combined by the blend's weights and method
 (:func:`fstag.ensemble.blending.combine`; one member: its own probabilities), the blend's calibration, and the
-uninformed row for a clip that cannot be heard (:func:`fstag.infer.predictor.uninformed`). A silent clip is flagged
-(``silent``, ``flagged``, ``error``), not refused. A clip that is not audio, is empty, or is longer than the model's
-``max_seconds`` makes the request a :class:`BadClips` error that names every such clip and why (``errors='raise'``,
-the default; the pyfunc model turns it into an HTTP 400), or a flagged row with the reason (``errors='flag'``: what
-predict.py does with an unreadable file).
+uninformed row for a clip that cannot be heard (:func:`fstag.core.task.uninformed`). With the ``onnx`` backend the
+same steps run without torch: the features by the librosa reference (``engine='librosa'``) and the crops and windows
+by :func:`fstag.infer.numpy_predictor.predict_probs`, which draws predict.py's crops; the probabilities then differ
+from predict.py's by the two feature paths' float32 rounding only (docs/serving.md gives the measured size).
+A silent clip is flagged (``silent``, ``flagged``, ``error``), not refused. A clip that is not audio, is empty, or is
+longer than the model's ``max_seconds`` makes the request a :class:`BadClips` error that names every such clip and
+why (``errors='raise'``, the default; the pyfunc model turns it into an HTTP 400), or a flagged row with the reason
+(``errors='flag'``: what predict.py does with an unreadable file).
 """
 
 from __future__ import annotations
@@ -156,9 +159,9 @@ class Tagger:
             raise BundleError(f"member {member['key']}: the bundle holds no {backend} network (it has "
                               f"{[b for b in ('torch', 'onnx') if member.get(b)]})")
         if backend == "onnx":
-            from fstag.serve.onnx_export import onnx_module
+            from fstag.serve.onnx_export import OnnxNetwork
 
-            return onnx_module(folder / file)
+            return OnnxNetwork(folder / file)
         if backend != "torch":
             raise BundleError(f"backend {backend!r}: choose torch or onnx")
         import torch
@@ -245,14 +248,22 @@ class Tagger:
         return clip
 
     def _tag(self, clips: list[Clip], top_k: int, threshold: float, errors: str) -> pd.DataFrame:
+        from fstag.core.task import uninformed
         from fstag.data.extract import features_for_files
         from fstag.ensemble.blending import combine
-        from fstag.infer.predictor import predict_probs, uninformed
 
+        if self.backend == "onnx":  # torch-free: the librosa reference features, numpy crops and windows
+            from fstag.infer.numpy_predictor import predict_probs
+
+            engine, where = "librosa", {}
+        else:
+            from fstag.infer.predictor import predict_probs
+
+            engine, where = "torch", {"device": "cpu"}
         s = self.settings
         usable = [c for c in clips if c.problem is None]
         feats, reasons = features_for_files([c.file for c in usable], self.features, num_workers=s["num_workers"],
-                                            long_seconds=s["long_file_seconds"]) if usable else ([], [])
+                                            long_seconds=s["long_file_seconds"], engine=engine) if usable else ([], [])
         for c, reason in zip(usable, reasons):
             if reason is not None:
                 c.problem = "not audio: " + str(reason).replace(str(c.file), c.name)
@@ -266,8 +277,8 @@ class Tagger:
             probs, silent = predict_probs(
                 net, features, fnames, crop_frames=int(member["crop_frames"]), aug=member["aug"], mode=s["mode"],
                 pad_value=member["pad_value"], n_passes=int(s["tta"]), hop_frames=s["hop_frames"], seed=int(s["seed"]),
-                batch_size=int(s["batch_size"]), device="cpu", num_classes=len(self.labels), task=self.task,
-                window_reduce=s["window_reduce"])
+                batch_size=int(s["batch_size"]), num_classes=len(self.labels), task=self.task,
+                window_reduce=s["window_reduce"], **where)
             per_member.append(probs)
         for c, f in zip(clips, features):  # a long clip found unreadable while it was streamed
             if c.problem is None and getattr(f, "error", None):
@@ -294,7 +305,7 @@ def result_table(fnames: list[str], probs: np.ndarray, labels: list[str], proble
     """One row per clip: ``fname``; ``top_labels`` and ``top_probs`` (the ``top_k`` most probable, in order);
     multi-label: ``labels`` (every label at or above ``threshold``, most probable first); ``probs`` (every label's
     probability); ``flagged``, ``silent`` and ``error`` as predict.py's top3.csv / tags.csv have them."""
-    from fstag.infer.job import SILENT_REASON
+    from fstag.data.features import SILENT_REASON
 
     order = np.argsort(-probs, axis=1, kind="stable")
     out: dict[str, list] = {"fname": list(fnames), "top_labels": [], "top_probs": []}
