@@ -292,6 +292,15 @@ def test_a_multilabel_job_end_to_end(tmp_path):
     served = np.array([[r["probs"][lab] for lab in labels] for r in rows])
     assert np.abs(served - by_file[labels].to_numpy()).max() < 1e-5
     assert [",".join(r["labels"]) for r in rows] == folder_tags["labels"].tolist()
+    # as ONNX, the torch-free path (librosa features, numpy crops, sigmoid probabilities): the same answers
+    project.run("-m fstag.export", *TINY_ML_DATA, "runs=[cnn_small/none/fold_0]", "format=onnx",
+                "hydra.run.dir=outputs/export_ml_onnx")
+    onnx = Tagger.load(tmp_path / "outputs" / "export_ml_onnx" / "model" / "artifacts" / "bundle")
+    assert onnx.backend == "onnx"
+    rows = onnx.tag([{"path": str(test_dir / f)} for f in by_file["fname"]]).to_dict(orient="records")
+    served = np.array([[r["probs"][lab] for lab in labels] for r in rows])
+    assert np.abs(served - by_file[labels].to_numpy()).max() < 1e-5
+    assert [",".join(r["labels"]) for r in rows] == folder_tags["labels"].tolist()
 
     first = project.run("blend.py", *TINY_ML_DATA, "blend=demo_multilabel")
     submission = tmp_path / "submissions" / "demo_multilabel.csv"
