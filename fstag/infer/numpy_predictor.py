@@ -22,8 +22,7 @@ import numpy as np
 
 from fstag.core.task import SINGLE_LABEL, Task, get_task, uninformed
 from fstag.data.features import is_silent
-from fstag.evaluate.metrics import arithmetic_mean, geometric_mean
-from fstag.infer.modes import MODES, WINDOW_REDUCES, clip_seed
+from fstag.infer.modes import WindowPool, checked_hop, clip_seed, combine_passes
 
 Network = Callable[[np.ndarray], np.ndarray]  # (B, 3, F, T) float32 features -> (B, C) logits
 
@@ -132,23 +131,17 @@ def _crops(net, clips, present, fnames, crop_frames, aug, pad_value, n_passes, s
             out = _forward(net, xb, task)
             chunks.append(out if task.multi_label else np.exp(out))
         pass_probs.append(np.concatenate(chunks))
-    if task.multi_label:
-        return arithmetic_mean(np.stack(pass_probs), axis=0, renormalise=False)
-    return geometric_mean(np.stack(pass_probs), axis=0)
+    return combine_passes(pass_probs, task)
 
 
 def _windows(net, clips, present, crop_frames, hop_frames, pad_value, batch_size, num_classes, task,
              reduce: str) -> np.ndarray:
-    maximum = reduce == "max"
-    sums = np.full((len(present), num_classes), -np.inf if maximum else 0.0, dtype=np.float64)
-    counts = np.zeros(len(present), dtype=np.int64)
+    pool = WindowPool(len(present), num_classes, reduce)
     owners: list[int] = []
     batch: list[np.ndarray] = []
 
     def flush() -> None:
-        out = _forward(net, batch, task).astype(np.float64)
-        (np.maximum if maximum else np.add).at(sums, owners, out)
-        np.add.at(counts, owners, 1)
+        pool.add(owners, _forward(net, batch, task))
         owners.clear()
         batch.clear()
 
@@ -160,11 +153,7 @@ def _windows(net, clips, present, crop_frames, hop_frames, pad_value, batch_size
                 flush()
     if batch:
         flush()
-    pooled = sums if maximum else sums / np.maximum(counts, 1)[:, None]
-    if task.multi_label:
-        return pooled
-    out = np.exp(pooled - pooled.max(axis=1, keepdims=True))
-    return out / out.sum(axis=1, keepdims=True)
+    return pool.result(task)
 
 
 def predict_probs(
@@ -187,15 +176,7 @@ def predict_probs(
     """``(probs, silent)`` as :func:`fstag.infer.predictor.predict_probs` gives them, ``net`` being a function from
     a float32 feature batch to logits; ``clips[i]``: a (3, F, T) array or None (unreadable)."""
     task = get_task(task) if isinstance(task, str) else task
-    if mode not in MODES:
-        raise ValueError(f"predict mode {mode!r}: expected one of {MODES}")
-    if window_reduce not in WINDOW_REDUCES:
-        raise ValueError(f"predict window_reduce {window_reduce!r}: expected one of {WINDOW_REDUCES}")
-    if len(fnames) != len(clips):
-        raise ValueError(f"{len(clips)} clips but {len(fnames)} fnames")
-    hop = int(hop_frames) if hop_frames else max(1, int(crop_frames) // 2)
-    if hop <= 0:
-        raise ValueError(f"predict hop_frames must be positive, got {hop_frames}")
+    hop = checked_hop(mode, window_reduce, len(clips), len(fnames), crop_frames, hop_frames)
     clips = [None if c is None else np.asarray(c, dtype=np.float32) for c in clips]
     silent = np.array([c is not None and is_silent(c) for c in clips], dtype=bool)
     present = [i for i, c in enumerate(clips) if c is not None and not silent[i]]

@@ -30,8 +30,7 @@ from fstag.models.augment import crop_or_pad, specmask_concat
 from fstag.data.features import is_silent
 from fstag.data.long_clips import LongClip
 from fstag.core.task import SINGLE_LABEL, Task, get_task, uninformed
-from fstag.evaluate.metrics import arithmetic_mean, geometric_mean
-from fstag.infer.modes import MODES, WINDOW_REDUCES, clip_seed  # noqa: F401 (predict_probs's names, re-exported)
+from fstag.infer.modes import MODES, WINDOW_REDUCES, WindowPool, checked_hop, clip_seed, combine_passes  # noqa: F401
 
 
 def tta_crop(x: torch.Tensor, pass_idx: int, key: str | int, length: int, aug: Mapping[str, Any], pad_value: float | None, seed: int) -> torch.Tensor:
@@ -101,26 +100,17 @@ def _crops(model, clips, present, fnames, crop_frames, aug, pad_value, n_passes,
             out = _forward(model, xb, device, task)
             chunks.append((out if task.multi_label else out.exp()).numpy())
         pass_probs.append(np.concatenate(chunks))
-    if task.multi_label:
-        return arithmetic_mean(np.stack(pass_probs), axis=0, renormalise=False)
-    return geometric_mean(np.stack(pass_probs), axis=0)
+    return combine_passes(pass_probs, task)
 
 
 def _windows(model, clips, present, crop_frames, hop_frames, pad_value, batch_size, device, num_classes,
              task: Task, reduce: str = "mean") -> np.ndarray:
-    maximum = reduce == "max"
-    sums = np.full((len(present), num_classes), -np.inf if maximum else 0.0, dtype=np.float64)
-    counts = np.zeros(len(present), dtype=np.int64)
+    pool = WindowPool(len(present), num_classes, reduce)
     owners: list[int] = []
     batch: list[torch.Tensor] = []
 
     def flush() -> None:
-        out = _forward(model, batch, device, task).numpy().astype(np.float64)
-        if maximum:  # each label's largest probability (single-label: of its log-probability, the same order)
-            np.maximum.at(sums, owners, out)
-        else:
-            np.add.at(sums, owners, out)
-        np.add.at(counts, owners, 1)
+        pool.add(owners, _forward(model, batch, device, task).numpy())
         owners.clear()
         batch.clear()
 
@@ -132,11 +122,7 @@ def _windows(model, clips, present, crop_frames, hop_frames, pad_value, batch_si
                 flush()
     if batch:
         flush()
-    pooled = sums if maximum else sums / np.maximum(counts, 1)[:, None]
-    if task.multi_label:
-        return pooled
-    out = np.exp(pooled - pooled.max(axis=1, keepdims=True))
-    return out / out.sum(axis=1, keepdims=True)
+    return pool.result(task)
 
 
 @torch.no_grad()
@@ -168,15 +154,7 @@ def predict_probs(
     task (:mod:`fstag.core.task`), which decides softmax or sigmoid and how passes combine.
     """
     task = get_task(task) if isinstance(task, str) else task
-    if mode not in MODES:
-        raise ValueError(f"predict mode {mode!r}: expected one of {MODES}")
-    if window_reduce not in WINDOW_REDUCES:
-        raise ValueError(f"predict window_reduce {window_reduce!r}: expected one of {WINDOW_REDUCES}")
-    if len(fnames) != len(clips):
-        raise ValueError(f"{len(clips)} clips but {len(fnames)} fnames")
-    hop = int(hop_frames) if hop_frames else max(1, int(crop_frames) // 2)
-    if hop <= 0:
-        raise ValueError(f"predict hop_frames must be positive, got {hop_frames}")
+    hop = checked_hop(mode, window_reduce, len(clips), len(fnames), crop_frames, hop_frames)
     model.eval()
     device = torch.device(device)
     given = clips
