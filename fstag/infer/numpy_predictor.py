@@ -5,7 +5,7 @@ A served ONNX model runs this, so that serving it needs neither torch nor torcha
 as the torch predictor draws it: each crop's generator is seeded by :func:`~fstag.infer.modes.clip_seed`, and
 :class:`TorchRandint` reproduces ``torch.randint(0, n, (1,), generator=torch.Generator().manual_seed(s))`` (torch's
 CPU generator is a 32-bit Mersenne twister seeded with the seed's low 32 bits; a draw below n is its next output
-modulo n, which tests/test_numpy_predictor.py checks up to n = 2**27: a crop of a clip of 2**27 frames, 36 days of
+modulo n, which tests/test_numpy_predictor.py checks up to n = 2**27: a crop of a clip of 2**27 frames, 15 days of
 audio at the seed's features), so a clip gets the crops, padding offsets and masks predict.py gives it.
 tests/test_numpy_predictor.py holds the two predictors to each other (crops with and without specmask_concat,
 short and long clips, zero and floor padding, windows by mean and max, single- and multi-label).
