@@ -52,11 +52,12 @@ FAST_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BAC
 
 
 class Server:
-    """``mlflow server`` on a fixed 127.0.0.1 port with its SQLite store in ``folder``: killed and started again."""
+    """``mlflow server`` on a fixed 127.0.0.1 port with its SQLite store in ``folder``: killed and started again
+    (tests/test_tracking_outage.py stops the same server)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, start_timeout: float = 300.0):
         folder.mkdir(parents=True, exist_ok=True)
-        self.folder = folder
+        self.folder, self.start_timeout = folder, start_timeout
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -64,15 +65,18 @@ class Server:
         self.proc = None
 
     def start(self) -> float:
+        """Start it and wait until it answers; returns the seconds that took."""
         t0 = time.perf_counter()
         cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--backend-store-uri", f"sqlite:///{self.folder / 'server.db'}",
                "--artifacts-destination", str(self.folder / "artifacts")]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a lighter server
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
         while not self.answers():
-            if self.proc.poll() is not None or time.perf_counter() - t0 > 300:
-                raise SystemExit(f"mlflow server did not start on port {self.port}")
+            if self.proc.poll() is not None or time.perf_counter() - t0 > self.start_timeout:
+                self.stop()
+                raise RuntimeError(f"mlflow server did not start on port {self.port}")
             time.sleep(0.2)
         return time.perf_counter() - t0
 
@@ -84,15 +88,18 @@ class Server:
             return False
 
     def stop(self) -> None:
+        """SIGKILL the server and its workers (its own process group): an outage, not a polite shutdown; returns
+        once the port refuses connections (30 s at most)."""
         if self.proc is None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the group this bench started
+            os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
         self.proc = None
-        while True:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", self.port)) != 0:
                     return

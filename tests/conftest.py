@@ -111,6 +111,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_answers(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether ``url`` answers 200 within ``timeout`` seconds while ``proc`` (the server) lives; polled every 0.5 s."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                return False
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def mlflow_server(tmp: Path, serve_artifacts: bool = False):
     """A real ``mlflow server`` on a free 127.0.0.1 port, its SQLite store and artifact root in ``tmp``;
@@ -122,16 +136,8 @@ def mlflow_server(tmp: Path, serve_artifacts: bool = False):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError("mlflow server did not start")
-                time.sleep(0.5)
+        if not http_answers(uri + "/health", proc, 120):
+            raise AssertionError("mlflow server did not start")
         yield uri
     finally:
         proc.terminate()

@@ -14,7 +14,6 @@ import signal
 import shutil
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, mlflow_server
+from tests.conftest import REPO, free_port, http_answers, mlflow_server
 
 RUNS = "[cnn_small/none/fold_0,cnn_small/none/fold_1]"
 WEIGHTS = [0.7, 0.3]
@@ -89,16 +88,8 @@ def served(swept_project, tmp_path_factory):
                             cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise AssertionError(f"mlflow models serve did not start:\n{(tmp / 'serve.log').read_text()[-4000:]}")
-                time.sleep(0.5)
+        if not http_answers(url + "/ping", proc, 180):
+            raise AssertionError(f"mlflow models serve did not start:\n{(tmp / 'serve.log').read_text()[-4000:]}")
         yield {"project": p, "url": url, "clips": clips, "blend_dir": out, "blend_stdout": blend.stdout, "tmp": tmp,
                "blend": json.loads((out / "blend.json").read_text())}
     finally:

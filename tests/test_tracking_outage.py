@@ -5,81 +5,24 @@ later. Against a real `mlflow server` on 127.0.0.1, stopped (SIGKILL) for longer
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import TINY_TRAIN, free_port
+from bench.tracking_outage import FAST_RETRIES, Server  # one retry, no backoff, short timeouts
+from tests.conftest import TINY_TRAIN
 
 EXPERIMENT = "fstag-outage"
-# one retry, no backoff, short timeouts: MLflow's client gives up on a dead server within a few seconds
-FAST_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
-                "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 EPOCH_METRICS = ("train_loss", "val_loss", "val_acc1", "val_map3")
-
-
-class Server:
-    """A real `mlflow server` whose SQLite store and artifacts live in ``tmp``: stopped and started again on the
-    same port with the same store."""
-
-    def __init__(self, tmp: Path):
-        self.tmp, self.port = tmp, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.tmp / 'server.db'}",
-               "--artifacts-destination", str(self.tmp / "artifacts")]
-        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a lighter server
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 180
-        while not self.answers():
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise AssertionError(f"mlflow server did not start on port {self.port}")
-            time.sleep(0.3)
-
-    def answers(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.uri + "/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGKILL the server and its workers (its own process group): an outage, not a polite shutdown."""
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=30)
-        self.proc = None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the port refuses connections: the server is away
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) != 0:
-                    return
-            time.sleep(0.2)
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = Server(tmp_path / "server")
-    srv.tmp.mkdir()
+    srv = Server(tmp_path / "server", start_timeout=180)
     srv.start()
     yield srv
     srv.stop()

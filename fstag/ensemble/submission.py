@@ -17,7 +17,7 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -170,21 +170,32 @@ def score_submission(path: str | os.PathLike, labels_csv: str | os.PathLike, lab
         "acc1": top1_accuracy(scores, targets),
         "n_scored": float(len(scored)),
     }
-    if has_usage:
+    out.update(_breakdown(scored, flags, lambda sel: {"map3": map_at_3(scores[sel], targets[sel])}, "map3"))
+    return out
+
+
+def _breakdown(scored: pd.DataFrame, flags: Mapping[str, Iterable[str]] | None,
+               scores_of: Callable[[np.ndarray], dict[str, float]], primary: str) -> dict[str, float]:
+    """The scores of the scored clips' parts: ``<metric>_public``/``_private`` and ``n_public``/``n_private`` when
+    ``scored`` has a usage column (``scores_of(mask)``: the metrics of the clips in a boolean mask); with ``flags``,
+    ``n_<reason>`` (the scored clips each reason flagged) and ``<primary>_unflagged`` over the others."""
+    out: dict[str, float] = {}
+    if "usage" in scored.columns:
         for part in ("Public", "Private"):
             sel = (scored["usage"] == part).to_numpy()
             if sel.any():
-                out[f"map3_{part.lower()}"] = map_at_3(scores[sel], targets[sel])
+                for k, v in scores_of(sel).items():
+                    out[f"{k}_{part.lower()}"] = v
                 out[f"n_{part.lower()}"] = float(sel.sum())
     if flags is not None:
-        scored_fnames = scored["fname"].to_numpy()
-        flagged = np.zeros(len(scored_fnames), dtype=bool)
+        names = scored["fname"].to_numpy()
+        flagged = np.zeros(len(names), dtype=bool)
         for reason, fnames in flags.items():
-            hit = np.isin(scored_fnames, list(fnames))
+            hit = np.isin(names, list(fnames))
             out[f"n_{reason}"] = float(hit.sum())
             flagged |= hit
         if (~flagged).any():
-            out["map3_unflagged"] = map_at_3(scores[~flagged], targets[~flagged])
+            out[f"{primary}_unflagged"] = scores_of(~flagged)[primary]
     return out
 
 
@@ -254,20 +265,5 @@ def score_probabilities(task: Task, fnames: list[str], probs, labels: list[str],
     targets = task.encode(cells, labels, source)
     p = np.asarray(probs, dtype=np.float64)[scored["fname"].map(row).to_numpy()]
     out = {**task_scores(task, p, targets), "n_scored": float(len(scored))}
-    if "usage" in scored.columns:
-        for part in ("Public", "Private"):
-            sel = (scored["usage"] == part).to_numpy()
-            if sel.any():
-                for k, v in task_scores(task, p[sel], targets[sel]).items():
-                    out[f"{k}_{part.lower()}"] = v
-                out[f"n_{part.lower()}"] = float(sel.sum())
-    if flags is not None:
-        names = scored["fname"].to_numpy()
-        flagged = np.zeros(len(names), dtype=bool)
-        for reason, fn in flags.items():
-            hit = np.isin(names, list(fn))
-            out[f"n_{reason}"] = float(hit.sum())
-            flagged |= hit
-        if (~flagged).any():
-            out[f"{task.primary}_unflagged"] = task_scores(task, p[~flagged], targets[~flagged])[task.primary]
+    out.update(_breakdown(scored, flags, lambda sel: task_scores(task, p[sel], targets[sel]), task.primary))
     return out

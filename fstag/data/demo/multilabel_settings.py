@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Mapping
 
-from fstag.data.demo.settings import DemoSettings
-from fstag.data.demo.voices import DEFAULT_LABELS, VOICES
+from fstag.data.demo.settings import DemoSettings, checked_labels, settings_from_mapping
 
 
 @dataclass(frozen=True)
@@ -43,12 +42,7 @@ class MultilabelDemoSettings:
     workers: int | None = None  # processes; None: one per available CPU core
 
     def __post_init__(self) -> None:
-        labels = DEFAULT_LABELS if self.labels is None else tuple(str(x) for x in self.labels)
-        unknown = [x for x in labels if x not in VOICES]
-        if unknown:
-            raise ValueError(f"demo labels {unknown} cannot be voiced; choose from {sorted(VOICES)}")
-        if len(set(labels)) < 2 or len(set(labels)) != len(labels):
-            raise ValueError(f"demo labels must be at least 2 distinct names, got {list(labels)}")
+        labels = checked_labels(self.labels)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "snr_db", tuple(float(x) for x in self.snr_db))
         if not 1 <= self.max_sources <= len(labels):
@@ -79,8 +73,4 @@ class MultilabelDemoSettings:
     @classmethod
     def from_mapping(cls, settings: Mapping) -> "MultilabelDemoSettings":
         """Build from a plain mapping (e.g. the resolved ``demo:`` block); unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise TypeError(f"unknown multi-label demo setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(settings))
+        return settings_from_mapping(cls, settings, "multi-label demo")

@@ -8,6 +8,26 @@ from typing import Mapping
 from fstag.data.demo.voices import DEFAULT_LABELS, VOICES
 
 
+def checked_labels(labels) -> tuple[str, ...]:
+    """A demo's labels (None: every label of DEFAULT_LABELS), checked: each one voiced, at least 2, no repeats."""
+    labels = DEFAULT_LABELS if labels is None else tuple(str(x) for x in labels)
+    unknown = [x for x in labels if x not in VOICES]
+    if unknown:
+        raise ValueError(f"demo labels {unknown} cannot be voiced; choose from {sorted(VOICES)}")
+    if len(set(labels)) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"demo labels must be at least 2 distinct names, got {list(labels)}")
+    return labels
+
+
+def settings_from_mapping(cls, settings: Mapping, what: str):
+    """``cls(**settings)`` for a settings dataclass, refusing unknown keys by name (``what``: which demo)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    return cls(**dict(settings))
+
+
 @dataclass(frozen=True)
 class DemoSettings:
     """Generator settings; the keys of the ``demo:`` block of conf/data/demo.yaml.
@@ -35,12 +55,7 @@ class DemoSettings:
     workers: int | None = None  # processes; None: one per available CPU core
 
     def __post_init__(self) -> None:
-        labels = DEFAULT_LABELS if self.labels is None else tuple(str(x) for x in self.labels)
-        unknown = [x for x in labels if x not in VOICES]
-        if unknown:
-            raise ValueError(f"demo labels {unknown} cannot be voiced; choose from {sorted(VOICES)}")
-        if len(set(labels)) < 2 or len(set(labels)) != len(labels):
-            raise ValueError(f"demo labels must be at least 2 distinct names, got {list(labels)}")
+        labels = checked_labels(self.labels)
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "snr_db", tuple(float(x) for x in self.snr_db))
         if self.n_train < len(labels) or self.n_test < 1:
@@ -56,8 +71,4 @@ class DemoSettings:
     @classmethod
     def from_mapping(cls, settings: Mapping) -> "DemoSettings":
         """Build from a plain mapping (e.g. the resolved ``demo:`` block); unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise TypeError(f"unknown demo setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**dict(settings))
+        return settings_from_mapping(cls, settings, "demo")
